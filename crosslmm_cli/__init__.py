@@ -1,0 +1,1 @@
+"""crosslmm: the command-line tool over the ``models`` library."""

@@ -1,0 +1,104 @@
+"""Turn a ``--model`` value (preset name, local checkpoint directory or hub id) into a loaded model."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from models import PRESETS, build_preset, load_checkpoint, save_checkpoint
+
+from .errors import UserError
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+def cache_home() -> Path:
+    """Where hub presets are materialised once as checkpoints (``$CROSSLMM_HOME`` or ~/.cache/crosslmm)."""
+    return Path(os.environ.get("CROSSLMM_HOME", Path.home() / ".cache" / "crosslmm"))
+
+
+def is_checkpoint_dir(path: str | Path) -> bool:
+    return Path(path, "config.json").is_file()
+
+
+def cuda_available() -> bool:
+    return torch.cuda.is_available()
+
+
+def pick_device(device: str | None) -> str:
+    """``--device`` as given, else cuda when present, else cpu; refuse cuda on a machine without it."""
+    if device is None:
+        return "cuda" if cuda_available() else "cpu"
+    if device.startswith("cuda") and not cuda_available():
+        raise UserError(f"--device {device} asked for, but this machine has no CUDA GPU; use --device cpu")
+    return device
+
+
+def check_hub_reachable(what: str) -> None:
+    """Fail fast, in one line, when the hub's host cannot even be resolved (no network), instead of
+    letting the hub client retry for a minute. Offline mode (HF_HUB_OFFLINE=1) is left to the client."""
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return
+    host = urlparse(constants.ENDPOINT).hostname
+    try:
+        socket.getaddrinfo(host, 443)
+    except OSError:
+        raise UserError(
+            f"could not fetch {what}: the Hugging Face hub ({host}) is unreachable from this machine; "
+            "point --model at a local checkpoint directory made by `crosslmm init`"
+        ) from None
+
+
+def create_checkpoint(preset: str, outdir: Path, dtype: torch.dtype | None = None, **options) -> None:
+    """Build ``preset`` (downloading its parts unless it is ``tiny``) and save it to ``outdir``."""
+    if preset not in PRESETS:
+        raise UserError(f"unknown preset {preset!r}; run `crosslmm models` to list the presets")
+    if PRESETS[preset].source != "random":
+        check_hub_reachable(f"the parts of {preset}")
+    try:
+        model, processor = build_preset(preset, dtype=dtype, **options)
+    except OSError as error:  # huggingface_hub raises OSError subclasses when it cannot fetch
+        raise UserError(
+            f"could not fetch the parts of {preset} from the Hugging Face hub ({type(error).__name__}); "
+            "check the network, or point --model at a local checkpoint made by `crosslmm init`"
+        ) from error
+    except ValueError as error:
+        raise UserError(f"cannot build {preset}: {error}") from error
+    save_checkpoint(model, processor, outdir)
+
+
+def open_model(
+    spec: str,
+    device: str,
+    quantize: str,
+    dtype: torch.dtype | None = None,
+    tokens_per_frame: int | None = None,
+):
+    """Load ``spec``: a checkpoint directory, a preset name (built once into the cache) or a hub id."""
+    overrides = {} if tokens_per_frame is None else {"tokens_per_frame": tokens_per_frame}
+    path: str | Path = spec
+    if not is_checkpoint_dir(spec):
+        if Path(spec).exists():
+            raise UserError(f"{spec} is not a crosslmm checkpoint (no config.json); make one with `crosslmm init`")
+        if spec in PRESETS:
+            path = cache_home() / spec
+            if not is_checkpoint_dir(path):
+                create_checkpoint(spec, path, dtype=torch.bfloat16 if spec != "tiny" else None)
+        else:
+            check_hub_reachable(f"model {spec!r}")
+    try:
+        return load_checkpoint(path, quantize=quantize, device=device, dtype=dtype, **overrides)
+    except OSError as error:
+        raise UserError(
+            f"could not load model {spec!r}: not a local checkpoint, and it could not be fetched from the hub "
+            f"({type(error).__name__}); point --model at a directory made by `crosslmm init`"
+        ) from error
+    except ValueError as error:  # a bad override, e.g. tokens_per_frame that is not a square
+        raise UserError(f"cannot load model {spec!r}: {error}") from error

@@ -1,0 +1,42 @@
+"""CrossLMM model core: torch + transformers only (no CLI, no printing)."""
+
+from transformers import AutoConfig, AutoModelForImageTextToText
+
+from .builders import build_preset, build_random, build_tiny, from_llava_onevision, from_parts, parameter_counts
+from .configuration import CrossLMMConfig
+from .cross_attention import CrossAttention, CrossAttentionDecoderLayer, DualCrossAttention, TanhGate, VisualMemory
+from .generation import SamplingSettings, generate_tokens, stream_answer
+from .loading import QUANTIZE_MODES, load_checkpoint, quantization_config, save_checkpoint
+from .modeling import CrossLMMForConditionalGeneration
+from .presets import PRESETS, Preset, get_preset
+from .processing import CrossLMMProcessor
+
+AutoConfig.register("crosslmm", CrossLMMConfig, exist_ok=True)
+AutoModelForImageTextToText.register(CrossLMMConfig, CrossLMMForConditionalGeneration, exist_ok=True)
+
+__all__ = [
+    "PRESETS",
+    "QUANTIZE_MODES",
+    "CrossAttention",
+    "CrossAttentionDecoderLayer",
+    "CrossLMMConfig",
+    "CrossLMMForConditionalGeneration",
+    "CrossLMMProcessor",
+    "DualCrossAttention",
+    "Preset",
+    "SamplingSettings",
+    "TanhGate",
+    "VisualMemory",
+    "build_preset",
+    "build_random",
+    "build_tiny",
+    "from_llava_onevision",
+    "from_parts",
+    "generate_tokens",
+    "get_preset",
+    "load_checkpoint",
+    "parameter_counts",
+    "quantization_config",
+    "save_checkpoint",
+    "stream_answer",
+]

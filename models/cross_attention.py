@@ -1,0 +1,231 @@
+"""The Dual Cross-Attention Layer (DCAL): pooled visual tokens (V2V) and text tokens (T2V) read
+the full-resolution "original" visual tokens of their video through gated GQA cross-attention.
+
+A DCAL lives inside an existing decoder layer of the LLM, after its self-attention and before its
+MLP. :class:`CrossAttentionDecoderLayer` wraps the Hugging Face layer without copying it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers.modeling_layers import GradientCheckpointingLayer
+
+
+class TanhGate(nn.Module):
+    """Scales its input by tanh(a), with a initialised to 0: the gate starts closed."""
+
+    def __init__(self):
+        super().__init__()
+        self.scale = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.scale.tanh().to(x.dtype)
+
+
+class CrossAttention(nn.Module):
+    """Gated GQA cross-attention with the LLM's own head layout and no RoPE.
+
+    Queries and memory are RMS-normalised first; the output passes through a zero-initialised
+    :class:`TanhGate`, so a fresh module adds exactly zero to the residual stream.
+    """
+
+    def __init__(self, text_config):
+        super().__init__()
+        width = text_config.hidden_size
+        self.num_heads = text_config.num_attention_heads
+        self.num_kv_heads = getattr(text_config, "num_key_value_heads", None) or self.num_heads
+        self.head_dim = getattr(text_config, "head_dim", None) or width // self.num_heads
+        bias = getattr(text_config, "attention_bias", True)  # Qwen2 has q/k/v biases and no such field
+        eps = getattr(text_config, "rms_norm_eps", 1e-6)
+        self.query_norm = nn.RMSNorm(width, eps=eps)
+        self.memory_norm = nn.RMSNorm(width, eps=eps)
+        self.q_proj = nn.Linear(width, self.num_heads * self.head_dim, bias=bias)
+        self.k_proj = nn.Linear(width, self.num_kv_heads * self.head_dim, bias=bias)
+        self.v_proj = nn.Linear(width, self.num_kv_heads * self.head_dim, bias=bias)
+        self.o_proj = nn.Linear(self.num_heads * self.head_dim, width, bias=False)
+        self.gate = TanhGate()
+
+    def project_memory(self, memory: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """memory (G, M, D) -> keys, values (G, kv_heads, M, head_dim)."""
+        groups, length, _ = memory.shape
+        memory = self.memory_norm(memory)
+        key = self.k_proj(memory).view(groups, length, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        value = self.v_proj(memory).view(groups, length, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        return key, value
+
+    def forward(
+        self,
+        hidden: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        memory_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """hidden (G, Q, D), key/value (G, kv_heads, M, hd), memory_mask (G, M) bool -> gated (G, Q, D)."""
+        groups, length, width = hidden.shape
+        query = self.q_proj(self.query_norm(hidden))
+        query = query.view(groups, length, self.num_heads, self.head_dim).transpose(1, 2)  # (G, H, Q, hd)
+        mask = None if memory_mask is None else memory_mask[:, None, None, :]  # (G, 1, 1, M)
+        out = F.scaled_dot_product_attention(
+            query, key.to(query.dtype), value.to(query.dtype), attn_mask=mask,
+            enable_gqa=self.num_heads != self.num_kv_heads,
+        )  # (G, H, Q, hd)
+        out = out.transpose(1, 2).reshape(groups, length, self.num_heads * self.head_dim)
+        return self.gate(self.o_proj(out)).to(hidden.dtype)
+
+
+@dataclass
+class VisualMemory:
+    """The visual tokens of a batch of videos, built once per video and reused across decode steps.
+
+    ``originals`` are the projected full-resolution tokens (keys/values of both cross-attentions),
+    ``pooled`` the g² tokens per frame that enter the LLM. Frames of all samples are concatenated:
+    sample b owns ``num_frames[b]`` consecutive frames. With ``cache_kv`` the T2V keys/values of
+    every DCAL layer are computed at the first forward (prefill) and reused afterwards.
+    """
+
+    pooled: torch.Tensor  # (F, g², D)
+    originals: torch.Tensor  # (F, N, D)
+    num_frames: torch.Tensor  # (B,) long
+    cache_kv: bool = False
+    t2v_kv: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+    _per_video: tuple[torch.Tensor, torch.Tensor | None] | None = field(default=None, repr=False)
+
+    @property
+    def batch_size(self) -> int:
+        return self.num_frames.numel()
+
+    def per_video(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """All original tokens of each sample: (B, M, D) padded to the longest video, and a (B, M)
+        bool mask of real tokens (None when every sample has the same number of frames)."""
+        if self._per_video is None:
+            frames, tokens, width = self.originals.shape
+            counts = self.num_frames.tolist()
+            if len(set(counts)) == 1:
+                self._per_video = (self.originals.reshape(len(counts), counts[0] * tokens, width), None)
+            else:
+                longest = max(counts)
+                padded = self.originals.new_zeros(len(counts), longest, tokens, width)
+                frame_mask = torch.arange(longest, device=self.num_frames.device)[None] < self.num_frames[:, None]
+                padded[frame_mask] = self.originals
+                mask = frame_mask[:, :, None].expand(-1, -1, tokens).reshape(len(counts), longest * tokens)
+                # a sample without frames would attend to nothing (NaN); let it see one zero token,
+                # its text mask keeps the result out of the residual stream
+                mask[self.num_frames == 0, 0] = True
+                self._per_video = (padded.view(len(counts), longest * tokens, width), mask)
+        return self._per_video
+
+
+@dataclass
+class CrossAttentionInputs:
+    """What the DCALs need for one forward call: the memory and which positions query it."""
+
+    memory: VisualMemory
+    text_mask: torch.Tensor  # (B, L) bool: positions whose T2V output is added
+    pooled_positions: torch.Tensor | None  # (F, g²) flat indices into (B·L) of each frame's pooled tokens
+
+
+class DualCrossAttention(nn.Module):
+    """V2V and T2V cross-attention of one decoder layer (separate weights, same shape)."""
+
+    def __init__(self, config, layer_idx: int):
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.v2v = CrossAttention(config.text_config)
+        self.t2v = CrossAttention(config.text_config)
+        self.use_v2v = config.v2v
+        self.use_t2v = config.t2v
+        self.v2v_scope = config.v2v_scope
+
+    def forward(self, hidden: torch.Tensor, inputs: CrossAttentionInputs) -> torch.Tensor:
+        """hidden (B, L, D) -> the update to add to it (B, L, D); zero where nothing attends."""
+        batch, length, width = hidden.shape
+        update = hidden.new_zeros(batch * length, width)
+        if self.use_v2v and inputs.pooled_positions is not None and inputs.pooled_positions.numel():
+            update = self._v2v(hidden.reshape(batch * length, width), update, inputs)
+        update = update.view(batch, length, width)
+        if self.use_t2v and inputs.text_mask.any():
+            update = update + self._t2v(hidden, inputs) * inputs.text_mask[..., None].to(hidden.dtype)
+        return update
+
+    def _v2v(self, flat_hidden: torch.Tensor, update: torch.Tensor, inputs: CrossAttentionInputs) -> torch.Tensor:
+        memory, positions = inputs.memory, inputs.pooled_positions  # positions (F, g²)
+        if self.v2v_scope == "frame":
+            # each frame's pooled tokens read that frame's originals: F independent attentions
+            key, value = self.v2v.project_memory(memory.originals)  # (F, kvh, N, hd)
+            out = self.v2v(flat_hidden[positions], key, value)  # (F, g², D)
+            return update.index_copy(0, positions.flatten(), out.flatten(0, 1))
+        # "video": every pooled token of a sample reads all originals of that sample
+        videos, mask = memory.per_video()  # (B, M, D), (B, M)
+        key, value = self.v2v.project_memory(videos)
+        per_sample = positions.new_full((memory.batch_size, int(memory.num_frames.max()) * positions.shape[1]), -1)
+        valid = torch.arange(per_sample.shape[1], device=positions.device)[None] < (
+            memory.num_frames[:, None] * positions.shape[1]
+        )
+        per_sample[valid] = positions.flatten()
+        queries = flat_hidden[per_sample.clamp(min=0)]  # (B, Qmax, D)
+        out = self.v2v(queries, key, value, mask)  # (B, Qmax, D)
+        return update.index_copy(0, per_sample[valid], out[valid])
+
+    def _t2v(self, hidden: torch.Tensor, inputs: CrossAttentionInputs) -> torch.Tensor:
+        memory = inputs.memory
+        videos, mask = memory.per_video()
+        if memory.cache_kv and self.layer_idx in memory.t2v_kv:
+            key, value = memory.t2v_kv[self.layer_idx]
+        else:
+            key, value = self.t2v.project_memory(videos)  # (B, kvh, M, hd)
+            if memory.cache_kv:
+                memory.t2v_kv[self.layer_idx] = (key, value)
+        return self.t2v(hidden, key, value, mask)  # (B, L, D)
+
+
+class CrossAttentionDecoderLayer(GradientCheckpointingLayer):
+    """A Llama-family decoder layer with a DCAL between its self-attention and its MLP.
+
+    ``layer`` is the LLM's own layer, kept as it is (its weights, its attention implementation);
+    only the order of its parts is re-stated here so the DCAL can sit in the middle.
+    """
+
+    def __init__(self, layer: nn.Module, cross_attn: DualCrossAttention):
+        super().__init__()
+        self.layer = layer
+        self.cross_attn = cross_attn
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values=None,
+        use_cache: bool | None = False,
+        position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
+        cross_attention: CrossAttentionInputs | None = None,
+        **kwargs,
+    ) -> torch.Tensor:
+        layer = self.layer
+        residual = hidden_states
+        hidden_states, _ = layer.self_attn(
+            hidden_states=layer.input_layernorm(hidden_states),
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            use_cache=use_cache,
+            position_embeddings=position_embeddings,
+            **kwargs,
+        )
+        hidden_states = residual + hidden_states  # (B, L, D)
+        if cross_attention is not None:
+            hidden_states = hidden_states + self.cross_attn(hidden_states, cross_attention)
+        residual = hidden_states
+        hidden_states = layer.mlp(layer.post_attention_layernorm(hidden_states))
+        return residual + hidden_states
+
+
+def insert_cross_attention(language_model: nn.Module, config) -> None:
+    """Wrap every K-th decoder layer of ``language_model`` (a ``*ForCausalLM``) in place."""
+    layers = language_model.model.layers
+    for index in config.cross_attn_layers:
+        layers[index] = CrossAttentionDecoderLayer(layers[index], DualCrossAttention(config, index))

@@ -1,0 +1,70 @@
+"""Save and load CrossLMM checkpoints (Hugging Face directories, safetensors only), optionally with
+the LLM's decoder linears quantised by bitsandbytes (NF4 or 8-bit)."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from transformers import BitsAndBytesConfig
+
+from .modeling import CrossLMMForConditionalGeneration
+from .processing import CrossLMMProcessor
+
+QUANTIZE_MODES = ("nf4", "int8", "none")
+
+# Never quantised: the vision tower, projector, DCALs (gates included), separator, embeddings and
+# lm_head. Passing a skip list drops transformers' automatic lm_head skip, so it is listed here.
+# Patterns match a module name from its start, as a suffix, or as a regex (transformers' rules).
+KEEP_FULL_PRECISION = ["vision_tower", "multi_modal_projector", r".*\.cross_attn", "video_separator", "lm_head"]
+
+
+def quantization_config(mode: str, compute_dtype: torch.dtype = torch.bfloat16) -> BitsAndBytesConfig | None:
+    """NF4 with double quantisation (or LLM.int8) on the LLM decoder linears only; None for "none"."""
+    if mode not in QUANTIZE_MODES:
+        raise ValueError(f"quantize must be one of {QUANTIZE_MODES}, got {mode!r}")
+    if mode == "none":
+        return None
+    if mode == "nf4":
+        return BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=compute_dtype,
+            llm_int8_skip_modules=KEEP_FULL_PRECISION,
+        )
+    return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=KEEP_FULL_PRECISION)
+
+
+def save_checkpoint(model: CrossLMMForConditionalGeneration, processor: CrossLMMProcessor, path: str | os.PathLike) -> None:
+    """Write ``config.json``, ``model.safetensors`` and the tokenizer files to ``path``."""
+    os.makedirs(path, exist_ok=True)
+    model.save_pretrained(path, safe_serialization=True)
+    processor.save_pretrained(path)
+
+
+def load_checkpoint(
+    path: str | os.PathLike,
+    quantize: str = "none",
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype | None = None,
+    **config_overrides,
+) -> tuple[CrossLMMForConditionalGeneration, CrossLMMProcessor]:
+    """Load a checkpoint directory (or hub id) written by :func:`save_checkpoint`.
+
+    ``config_overrides`` replace config fields (e.g. ``tokens_per_frame``: pooling has no weights).
+    Quantised models are placed with ``device_map`` (never moved afterwards). Only safetensors
+    weights are read; no remote code is run."""
+    quant = quantization_config(quantize, compute_dtype=dtype or torch.bfloat16)
+    if quant is not None and dtype is None:
+        dtype = torch.bfloat16
+    model = CrossLMMForConditionalGeneration.from_pretrained(
+        path,
+        dtype=dtype or torch.float32,
+        quantization_config=quant,
+        device_map={"": str(device)},
+        use_safetensors=True,
+        **config_overrides,
+    )
+    model.config.validate_crosslmm()
+    return model.eval(), CrossLMMProcessor.from_pretrained(path, config=model.config)

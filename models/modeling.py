@@ -1,0 +1,224 @@
+"""CrossLMM: vision tower -> projector -> per-frame pooling -> an LLM whose every K-th decoder layer
+carries a dual cross-attention (V2V, T2V) over the projected full-resolution frame tokens."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from transformers import AutoModel, AutoModelForCausalLM, PreTrainedModel
+from transformers.modeling_outputs import CausalLMOutputWithPast
+
+from .configuration import CrossLMMConfig
+from .cross_attention import (
+    CrossAttention,
+    CrossAttentionDecoderLayer,
+    CrossAttentionInputs,
+    TanhGate,
+    VisualMemory,
+    insert_cross_attention,
+)
+from .pooling import MultiModalProjector, pool_frames
+
+
+class CrossLMMPreTrainedModel(PreTrainedModel):
+    config_class = CrossLMMConfig
+    base_model_prefix = "crosslmm"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["CrossAttentionDecoderLayer", "Qwen2DecoderLayer", "LlamaDecoderLayer", "SiglipEncoderLayer"]
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_attention_backend = True
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        # only CrossLMM's own modules; the backbones initialise themselves when built from config
+        std = self.config.initializer_range
+        if isinstance(module, TanhGate):
+            module.scale.zero_()
+        elif isinstance(module, CrossAttention):
+            for linear in (module.q_proj, module.k_proj, module.v_proj, module.o_proj):
+                linear.weight.normal_(0.0, std)
+                if linear.bias is not None:
+                    linear.bias.zero_()
+            module.query_norm.weight.fill_(1.0)
+            module.memory_norm.weight.fill_(1.0)
+        elif isinstance(module, MultiModalProjector):
+            for linear in (module.linear_1, module.linear_2):
+                linear.weight.normal_(0.0, std)
+                if linear.bias is not None:
+                    linear.bias.zero_()
+        elif isinstance(module, CrossLMMForConditionalGeneration):
+            module.video_separator.normal_(0.0, 1.0 / math.sqrt(module.video_separator.numel()))
+
+
+class CrossLMMForConditionalGeneration(CrossLMMPreTrainedModel):
+    """The CrossLMM model. Submodule names follow Hugging Face LLaVA models (``vision_tower``,
+    ``multi_modal_projector``, ``language_model``) so PEFT targets and ``device_map`` understand them."""
+
+    def __init__(self, config: CrossLMMConfig):
+        super().__init__(config)
+        self.vision_tower = AutoModel.from_config(config.vision_config)
+        self.multi_modal_projector = MultiModalProjector(config)
+        # LLaVA-OneVision's "image_newline": the learned separator embedding between videos/frames
+        self.video_separator = nn.Parameter(torch.empty(config.text_config.hidden_size))
+        self.language_model = AutoModelForCausalLM.from_config(config.text_config)
+        insert_cross_attention(self.language_model, config)
+        self.post_init()
+
+    # ---- plumbing expected by transformers / peft ---------------------------------------------
+    def get_input_embeddings(self) -> nn.Module:
+        return self.language_model.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.language_model.set_input_embeddings(value)
+
+    def get_output_embeddings(self) -> nn.Module:
+        return self.language_model.get_output_embeddings()
+
+    def cross_attention_layers(self) -> list[CrossAttentionDecoderLayer]:
+        return [layer for layer in self.language_model.model.layers if isinstance(layer, CrossAttentionDecoderLayer)]
+
+    def set_cross_attention(self, v2v: bool | None = None, t2v: bool | None = None) -> None:
+        """Switch V2V / T2V on or off in every DCAL (and in the config, so it is saved)."""
+        for layer in self.cross_attention_layers():
+            if v2v is not None:
+                layer.cross_attn.use_v2v = v2v
+            if t2v is not None:
+                layer.cross_attn.use_t2v = t2v
+        if v2v is not None:
+            self.config.v2v = v2v
+        if t2v is not None:
+            self.config.t2v = t2v
+
+    # ---- vision ---------------------------------------------------------------------------------
+    def encode_frames(self, frames: torch.Tensor, frames_per_batch: int = 32) -> torch.Tensor:
+        """frames (F, 3, H, W) -> projected original tokens (F, N, D), encoded in micro-batches."""
+        layer = self.config.vision_feature_layer
+        dtype = self.multi_modal_projector.linear_1.weight.dtype
+        chunks = []
+        for chunk in frames.split(frames_per_batch):
+            outputs = self.vision_tower(pixel_values=chunk.to(dtype), output_hidden_states=True)
+            features = outputs.hidden_states[layer]  # (f, N(+1), Dv)
+            if self.config.vision_feature_select_strategy == "default":
+                features = features[:, 1:]
+            chunks.append(self.multi_modal_projector(features))  # (f, N, D)
+        return torch.cat(chunks)
+
+    def encode_video(
+        self,
+        pixel_values_videos: torch.Tensor,
+        num_frames: torch.Tensor | None = None,
+        frames_per_batch: int = 32,
+        cache_kv: bool = False,
+    ) -> VisualMemory:
+        """pixel_values_videos (B, T, 3, H, W) with ``num_frames`` (B,) real frames each (the rest is
+        padding and never encoded) -> a :class:`VisualMemory` (pooled (F, g², D), originals (F, N, D))."""
+        batch, longest = pixel_values_videos.shape[:2]
+        device = pixel_values_videos.device
+        if num_frames is None:
+            num_frames = torch.full((batch,), longest, dtype=torch.long, device=device)
+        num_frames = num_frames.to(device=device, dtype=torch.long)
+        frame_mask = torch.arange(longest, device=device)[None] < num_frames[:, None]  # (B, T)
+        originals = self.encode_frames(pixel_values_videos[frame_mask], frames_per_batch)  # (F, N, D)
+        pooled = pool_frames(originals, self.config.vision_grid, self.config.pooled_grid, self.config.pool_mode)
+        return VisualMemory(pooled=pooled, originals=originals, num_frames=num_frames, cache_kv=cache_kv)
+
+    def video_llm_tokens(self, memory: VisualMemory) -> tuple[torch.Tensor, torch.Tensor]:
+        """The embeddings that fill the video placeholders, in sequence order, and the frame each
+        belongs to: tokens (P, D), frame (P,) with -1 for separators."""
+        pooled = memory.pooled  # (F, g², D)
+        frames, per_frame, width = pooled.shape
+        separator = self.video_separator.to(pooled.dtype)
+        frame_ids = torch.arange(frames, device=pooled.device)
+        mode = self.config.frame_separator
+        if mode == "frame":
+            tokens = torch.cat([pooled, separator.expand(frames, 1, width)], dim=1).flatten(0, 1)
+            ids = torch.cat([frame_ids[:, None].expand(-1, per_frame), frame_ids.new_full((frames, 1), -1)], 1)
+            return tokens, ids.flatten()
+        ids = frame_ids.repeat_interleave(per_frame)
+        if mode == "none":
+            return pooled.flatten(0, 1), ids
+        # "video": one separator after the last frame of each sample
+        pieces, id_pieces = [], []
+        for tokens_b, ids_b in zip(pooled.split(memory.num_frames.tolist()), ids.split((memory.num_frames * per_frame).tolist())):
+            pieces += [tokens_b.flatten(0, 1), separator[None]]
+            id_pieces += [ids_b, ids_b.new_full((1,), -1)]
+        return torch.cat(pieces), torch.cat(id_pieces)
+
+    # ---- forward --------------------------------------------------------------------------------
+    def forward(
+        self,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.Tensor | None = None,
+        pixel_values_videos: torch.Tensor | None = None,
+        num_frames: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values=None,
+        use_cache: bool | None = None,
+        visual_memory: VisualMemory | None = None,
+        logits_to_keep: int = 0,
+        **kwargs,
+    ) -> CausalLMOutputWithPast:
+        """input_ids (B, L) with the video placeholder repeated ``config.video_positions(T_b)`` times
+        per sample; pixel_values_videos (B, T, 3, H, W); num_frames (B,) when frame counts differ.
+        Pass ``visual_memory`` instead of pixels to reuse an encoded video (generation, chat)."""
+        inputs_embeds = self.get_input_embeddings()(input_ids)  # (B, L, D)
+        if visual_memory is None and pixel_values_videos is not None:
+            visual_memory = self.encode_video(pixel_values_videos, num_frames)
+
+        cross_attention = None
+        if visual_memory is not None:
+            video_positions = input_ids == self.config.video_token_id  # (B, L)
+            pooled_positions = None
+            if video_positions.any():
+                inputs_embeds, pooled_positions = self._fill_video_positions(
+                    inputs_embeds, video_positions, visual_memory
+                )
+            text_mask = ~video_positions & (visual_memory.num_frames > 0)[:, None]
+            if attention_mask is not None:
+                text_mask &= attention_mask[:, -input_ids.shape[1]:].bool()
+            cross_attention = CrossAttentionInputs(visual_memory, text_mask, pooled_positions)
+
+        outputs = self.language_model(
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            use_cache=use_cache,
+            labels=labels,
+            logits_to_keep=logits_to_keep,
+            cross_attention=cross_attention,
+            **kwargs,
+        )
+        return outputs
+
+    def _fill_video_positions(
+        self, inputs_embeds: torch.Tensor, video_positions: torch.Tensor, memory: VisualMemory
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        expected = [self.config.video_positions(int(t)) for t in memory.num_frames]
+        found = video_positions.sum(dim=1).tolist()
+        if found != expected:
+            raise ValueError(
+                f"video placeholder count per sample {found} does not match the video features {expected} "
+                f"(tokens_per_frame={self.config.tokens_per_frame}, frame_separator={self.config.frame_separator})"
+            )
+        tokens, frame_ids = self.video_llm_tokens(memory)  # (P, D), (P,)
+        inputs_embeds = inputs_embeds.masked_scatter(video_positions[..., None], tokens.to(inputs_embeds.dtype))
+        flat_positions = video_positions.flatten().nonzero().squeeze(1)  # (P,) row-major, same order as tokens
+        pooled_positions = flat_positions[frame_ids >= 0].view(-1, self.config.tokens_per_frame)  # (F, g²)
+        return inputs_embeds, pooled_positions
+
+
+def load_language_model_state(config: CrossLMMConfig, state_dict: dict, prefix: str = "") -> dict:
+    """Rename a plain ``*ForCausalLM`` state dict to CrossLMM's names (wrapped layers gain ``.layer``)."""
+    wrapped = set(config.cross_attn_layers)
+    renamed = {}
+    for key, value in state_dict.items():
+        parts = key.split(".")
+        if len(parts) > 3 and parts[0] == "model" and parts[1] == "layers" and int(parts[2]) in wrapped:
+            parts.insert(3, "layer")
+        renamed[prefix + ".".join(parts)] = value
+    return renamed

@@ -1,0 +1,24 @@
+"""Shared fixtures: tiny random models built from configs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from models import build_tiny
+from tests.helpers import open_gates
+
+
+@pytest.fixture
+def tiny():
+    """(model, processor) of the tiny preset, float32, eval mode, closed gates."""
+    torch.manual_seed(0)
+    return build_tiny(seed=0)
+
+
+@pytest.fixture
+def tiny_open():
+    """The tiny preset with both gates opened so the cross-attention contributes."""
+    model, processor = build_tiny(seed=0)
+    open_gates(model, 0.7)
+    return model, processor
