@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import functools
+import itertools
+import json
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -82,6 +84,69 @@ def init(
     with stderr.status(f"building {preset}"):
         create_checkpoint(preset, outdir, dtype=DTYPES[dtype] if dtype else default_dtype, **options)
     stderr.print(f"[green]saved[/] {preset} to {outdir}; use it with --model {outdir}")
+
+
+@app.command()
+@user_errors
+def ask(
+    video: Annotated[Path, typer.Argument(help="a local video file")],
+    question: Annotated[str, typer.Argument(help="the question (the first one, with --chat)")],
+    model: Annotated[str, typer.Option(help="preset name, checkpoint directory (crosslmm init) or hub id")] = "crosslmm-ov-0.5b",
+    frames: Annotated[int, typer.Option(help="frames to sample uniformly (segment centres)")] = 32,
+    fps: Annotated[Optional[float], typer.Option(help="at most this many sampled frames per second")] = None,
+    start: Annotated[Optional[float], typer.Option(help="start of the span to sample, seconds")] = None,
+    end: Annotated[Optional[float], typer.Option(help="end of the span to sample, seconds")] = None,
+    exact: Annotated[bool, typer.Option(help="exact frames; never the faster nearest-keyframe seeking")] = False,
+    tokens_per_frame: Annotated[Optional[int], typer.Option(help="pooled tokens per frame (1, 4, 9, 16, ...)")] = None,
+    quantize: Annotated[Optional[str], typer.Option(help="nf4 | int8 | none (default: nf4 on CUDA, none on CPU)")] = None,
+    device: Annotated[Optional[str], typer.Option(help="cuda, cuda:N or cpu (default: cuda when present)")] = None,
+    max_new_tokens: Annotated[int, typer.Option(help="longest answer, in tokens")] = 512,
+    temperature: Annotated[float, typer.Option(help="0 for greedy decoding")] = 0.0,
+    top_p: Annotated[float, typer.Option(help="nucleus sampling mass (with --temperature > 0)")] = 1.0,
+    seed: Annotated[Optional[int], typer.Option(help="seed for sampling")] = None,
+    system: Annotated[Optional[str], typer.Option(help="system prompt")] = None,
+    time_instruction: Annotated[bool, typer.Option(help="tell the model the video length and frame timestamps")] = False,
+    json_output: Annotated[bool, typer.Option("--json", help="print one JSON object: answer, frames, timings, tokens")] = False,
+    stream: Annotated[bool, typer.Option(help="print the answer as it is generated")] = True,
+    verbose: Annotated[bool, typer.Option(help="frames used, timings, tokens/s and peak GPU memory on stderr")] = False,
+    chat: Annotated[bool, typer.Option(help="keep asking follow-up questions about the same video (encoded once)")] = False,
+) -> None:
+    """Answer a question about a local video, streaming the answer token by token."""
+    from .ask import AskSettings, prepare, read_questions, report, verbose_lines
+
+    settings = AskSettings(
+        model=model, frames=frames, fps=fps, start=start, end=end, exact=exact, tokens_per_frame=tokens_per_frame,
+        quantize=quantize, device=device, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+        seed=seed, system=system, time_instruction=time_instruction, json_output=json_output, stream=stream,
+        verbose=verbose, chat=chat,
+    )
+    quiet_transformers()
+    with stderr.status("starting") as status:
+        session = prepare(video, settings, status=lambda text: status.update(text))
+
+    def say(piece: str) -> None:
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+
+    streaming = settings.stream and not settings.json_output
+    # follow-up questions are read lazily, each after the previous answer
+    questions = itertools.chain([question], read_questions("you> ") if chat else [])
+    for text in questions:
+        try:
+            answer = session.ask(text, on_piece=say if streaming else None)
+        except KeyboardInterrupt:
+            sys.stdout.write("\n")
+            if not chat:
+                raise
+            stderr.print("[yellow]answer stopped[/]")
+            continue
+        if settings.json_output:
+            print(json.dumps(report(session, answer, text), indent=2))
+        else:
+            say(("" if streaming else answer.text) + "\n")
+        if verbose:
+            for line in verbose_lines(session, answer):
+                stderr.print(line, highlight=False)
 
 
 def main() -> None:

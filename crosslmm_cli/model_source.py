@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from models import PRESETS, build_preset, load_checkpoint, save_checkpoint
+from models import PRESETS, CrossLMMConfig, build_preset, load_checkpoint, save_checkpoint
 
 from .errors import UserError
 
@@ -74,15 +74,31 @@ def create_checkpoint(preset: str, outdir: Path, dtype: torch.dtype | None = Non
     save_checkpoint(model, processor, outdir)
 
 
+def refuse_untrained(spec: str) -> None:
+    """From-parts models answer nothing useful before Stage I/II training: say so instead."""
+    untrained = PRESETS[spec].needs_training if spec in PRESETS else (
+        is_checkpoint_dir(spec) and CrossLMMConfig.from_pretrained(spec).needs_training
+    )
+    if untrained:
+        raise UserError(
+            f"{spec} has an untrained projector and cross-attention (built from parts); train it first: "
+            f"crosslmm finetune <folder> --model {spec} --stage 1 --output <dir>, then --model <dir>"
+        )
+
+
 def open_model(
     spec: str,
     device: str,
     quantize: str,
     dtype: torch.dtype | None = None,
     tokens_per_frame: int | None = None,
+    require_trained: bool = False,
 ):
-    """Load ``spec``: a checkpoint directory, a preset name (built once into the cache) or a hub id."""
+    """Load ``spec``: a checkpoint directory, a preset name (built once into the cache) or a hub id.
+    With ``require_trained``, refuse (before loading weights) a model whose projector is untrained."""
     overrides = {} if tokens_per_frame is None else {"tokens_per_frame": tokens_per_frame}
+    if require_trained:
+        refuse_untrained(spec)
     path: str | Path = spec
     if not is_checkpoint_dir(spec):
         if Path(spec).exists():

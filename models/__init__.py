@@ -5,7 +5,7 @@ from transformers import AutoConfig, AutoModelForImageTextToText
 from .builders import build_preset, build_random, build_tiny, from_llava_onevision, from_parts, parameter_counts
 from .configuration import CrossLMMConfig
 from .cross_attention import CrossAttention, CrossAttentionDecoderLayer, DualCrossAttention, TanhGate, VisualMemory
-from .generation import SamplingSettings, generate_tokens, stream_answer
+from .generation import AnswerStream, SamplingSettings, generate_tokens, stream_answer
 from .loading import QUANTIZE_MODES, load_checkpoint, quantization_config, save_checkpoint
 from .modeling import CrossLMMForConditionalGeneration
 from .presets import PRESETS, Preset, get_preset
@@ -15,6 +15,7 @@ AutoConfig.register("crosslmm", CrossLMMConfig, exist_ok=True)
 AutoModelForImageTextToText.register(CrossLMMConfig, CrossLMMForConditionalGeneration, exist_ok=True)
 
 __all__ = [
+    "AnswerStream",
     "PRESETS",
     "QUANTIZE_MODES",
     "CrossAttention",

@@ -65,7 +65,8 @@ def generate_tokens(
         generator = torch.Generator(device=device).manual_seed(settings.seed)
     cache = DynamicCache(config=model.config.text_config)
     position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # (B, L), left padding aware
-    eos = torch.tensor(sorted(eos_token_ids) or [-1], device=device)
+    eos = torch.tensor(sorted(eos_token_ids), dtype=torch.long, device=device)
+    filler = eos[0] if len(eos) else torch.tensor(0, device=device)  # what finished rows repeat
     done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=device)
     step_ids = input_ids
     for _ in range(settings.max_new_tokens):
@@ -79,7 +80,7 @@ def generate_tokens(
             logits_to_keep=1,
         ).logits[:, -1]  # (B, V)
         token = next_tokens(logits, settings, generator)
-        token = torch.where(done, eos[0].clamp(min=0), token)
+        token = torch.where(done, filler, token)
         yield token
         done |= torch.isin(token, eos)
         if done.all():
@@ -120,20 +121,37 @@ def stop_token_ids(tokenizer, config) -> set[int]:
     return ids
 
 
-def stream_answer(
-    model: CrossLMMForConditionalGeneration,
-    processor,
-    inputs: dict[str, torch.Tensor],
-    memory: VisualMemory | None,
-    settings: SamplingSettings,
-) -> Iterator[str]:
-    """Yield the answer of one conversation (batch of 1) as text pieces, as they are produced."""
-    stream = TextStream(processor.tokenizer)
-    eos = stop_token_ids(processor.tokenizer, model.config)
-    for token in generate_tokens(model, inputs["input_ids"], inputs["attention_mask"], memory, settings, eos):
-        token_id = int(token[0])
-        if token_id in eos:
-            return
-        piece = stream.push(token_id)
-        if piece:
-            yield piece
+class AnswerStream:
+    """The answer to one conversation (batch of 1) as text pieces, yielded as they are produced;
+    ``token_ids`` holds the generated ids (EOS excluded) once iteration ends."""
+
+    def __init__(
+        self,
+        model: CrossLMMForConditionalGeneration,
+        processor,
+        inputs: dict[str, torch.Tensor],
+        memory: VisualMemory | None,
+        settings: SamplingSettings,
+    ):
+        self.model, self.processor, self.inputs, self.memory, self.settings = model, processor, inputs, memory, settings
+        self.token_ids: list[int] = []
+
+    def __iter__(self) -> Iterator[str]:
+        stream = TextStream(self.processor.tokenizer)
+        eos = stop_token_ids(self.processor.tokenizer, self.model.config)
+        tokens = generate_tokens(
+            self.model, self.inputs["input_ids"], self.inputs["attention_mask"], self.memory, self.settings, eos
+        )
+        for token in tokens:
+            token_id = int(token[0])
+            if token_id in eos:
+                return
+            self.token_ids.append(token_id)
+            piece = stream.push(token_id)
+            if piece:
+                yield piece
+
+
+def stream_answer(model, processor, inputs, memory, settings) -> Iterator[str]:
+    """Shorthand for iterating an :class:`AnswerStream`."""
+    return iter(AnswerStream(model, processor, inputs, memory, settings))

@@ -1,0 +1,153 @@
+"""Decoding and sampling: exact frames, keyframe seeking, rotation, variable frame rate, bad files."""
+
+from __future__ import annotations
+
+import math
+import re
+
+import numpy as np
+import pytest
+
+from crosslmm_cli import video as video_module
+from crosslmm_cli.errors import UserError
+from crosslmm_cli.synthetic_video import read_index
+from crosslmm_cli.video import SamplingRequest, packet_times, probe, read_frames
+from tests.cli.conftest import FPS, KEYFRAME_INTERVAL
+
+
+def decoded_indices(frames) -> list[int]:
+    return [read_index(frame) for frame in frames.pixels]
+
+
+@pytest.mark.parametrize("kind", ["mp4", "webm", "avi", "mkv"])
+@pytest.mark.parametrize("count", [3, 8, 40])
+def test_exact_mode_returns_the_requested_frames(videos, kind, count):
+    info, frames = read_frames(videos[kind], SamplingRequest(num_frames=count, exact=True))
+    expected = [int(t * FPS) for t in frames.requested]
+    assert frames.indices == expected
+    assert decoded_indices(frames) == expected
+    assert frames.seek.startswith("exact") and frames.pixels.shape == (count, 128, 128, 3)
+    # segment centres
+    assert frames.requested == pytest.approx([(i + 0.5) * info.duration / count for i in range(count)])
+
+
+def test_exact_seeking_strategy_returns_the_requested_frames(videos, monkeypatch):
+    monkeypatch.setattr(video_module, "DEFAULT_KEYFRAME_GAP", 2)  # force one seek per sample
+    _, frames = read_frames(videos["mp4"], SamplingRequest(num_frames=6, exact=True))
+    assert frames.seek == "exact-seek"
+    assert decoded_indices(frames) == frames.indices == [int(t * FPS) for t in frames.requested]
+
+
+@pytest.mark.parametrize("kind", ["mp4", "webm"])
+def test_fast_mode_stays_within_one_keyframe_interval(videos, kind):
+    _, frames = read_frames(videos[kind], SamplingRequest(num_frames=4))
+    assert frames.seek == "keyframe" and frames.backend == "ffmpeg"
+    assert frames.keyframe_interval == pytest.approx(KEYFRAME_INTERVAL / FPS)
+    got = decoded_indices(frames)
+    assert got == frames.indices
+    for index, requested in zip(got, frames.requested):
+        assert index % KEYFRAME_INTERVAL == 0
+        assert abs(index - requested * FPS) <= KEYFRAME_INTERVAL
+
+
+def test_dense_samples_stay_exact_without_asking(videos):
+    _, frames = read_frames(videos["mp4"], SamplingRequest(num_frames=20))  # 5 frames apart < keyframe interval
+    assert frames.seek == "exact-sequential"
+    assert decoded_indices(frames) == [int(t * FPS) for t in frames.requested]
+
+
+def test_rotation_metadata_is_honoured(videos):
+    info = probe(videos["rotated"])
+    assert info.rotation == 90 and (info.width, info.height) == (96, 128)
+    for exact in (True, False):
+        _, frames = read_frames(videos["rotated"], SamplingRequest(num_frames=3, exact=exact))
+        assert frames.pixels.shape[1:3] == (128, 96)  # portrait
+        assert [read_index(np.rot90(frame, -1)) for frame in frames.pixels] == frames.indices
+
+
+def test_variable_frame_rate_is_sampled_by_timestamp(videos):
+    info = probe(videos["vfr"])
+    assert info.variable_frame_rate
+    shown_at = packet_times(videos["vfr"]) + [math.inf]  # ground truth from the container (no B-frames)
+    gaps = {round(b - a, 2) for a, b in zip(shown_at, shown_at[1:-1])}
+    assert len(gaps) > 2  # really variable
+    _, frames = read_frames(videos["vfr"], SamplingRequest(num_frames=10, exact=True))
+    for index, stamp, requested in zip(decoded_indices(frames), frames.timestamps, frames.requested):
+        # the frame on screen at the requested time: shown at or before it, replaced after it
+        assert shown_at[index] <= requested < shown_at[index + 1]
+        assert stamp == pytest.approx(shown_at[index], abs=1e-3)
+
+
+def test_start_end_and_fps_cap(videos):
+    _, frames = read_frames(videos["mp4"], SamplingRequest(num_frames=32, start=1.0, end=3.0, fps=2.0, exact=True))
+    assert len(frames.indices) == 4  # 2 s at 2 frames/s
+    assert all(1.0 <= t <= 3.0 for t in frames.timestamps)
+    _, few = read_frames(videos["mp4"], SamplingRequest(num_frames=500, exact=True))
+    assert len(few.indices) == 100  # never more samples than frames
+
+
+def test_frames_are_downscaled_to_max_side(videos):
+    _, frames = read_frames(videos["mp4"], SamplingRequest(num_frames=2, exact=True, max_side=64))
+    assert frames.pixels.shape[1:3] == (64, 64)
+
+
+def test_ffmpeg_decodes_what_opencv_cannot(videos, monkeypatch):
+    class Closed:
+        def __init__(self, *args):
+            pass
+
+        def isOpened(self):
+            return False
+
+        def get(self, *args):
+            return 0.0
+
+        def release(self):
+            pass
+
+    monkeypatch.setattr(video_module.cv2, "VideoCapture", Closed)
+    info, frames = read_frames(videos["mp4"], SamplingRequest(num_frames=5, exact=True))
+    assert frames.backend == "ffmpeg" and info.frame_count == 100
+    assert decoded_indices(frames) == [int(t * FPS) for t in frames.requested] == frames.indices
+
+
+@pytest.mark.parametrize(
+    "kind,message",
+    [
+        ("missing", "no such file"),
+        ("directory", "is a directory"),
+        ("empty", "empty (0 bytes)"),
+        ("text", "not a readable video"),
+        ("truncated", "not a readable video"),
+        ("audio", "no video stream"),
+    ],
+)
+def test_bad_files_are_user_errors(videos, kind, message):
+    with pytest.raises(UserError, match=re.escape(message)):
+        read_frames(videos[kind], SamplingRequest(num_frames=4))
+
+
+@pytest.mark.parametrize(
+    "request_args,message",
+    [
+        (dict(num_frames=0), "--frames must be at least 1"),
+        (dict(fps=0), "--fps must be positive"),
+        (dict(start=-1), "--start must be >= 0"),
+        (dict(start=2, end=1), "must come after --start"),
+    ],
+)
+def test_bad_requests_are_user_errors(request_args, message):
+    with pytest.raises(UserError, match=message):
+        SamplingRequest(**request_args)
+
+
+def test_start_past_the_end(videos):
+    with pytest.raises(UserError, match="past the end of the video"):
+        read_frames(videos["mp4"], SamplingRequest(start=10.0))
+
+
+def test_summary_has_no_pixels(videos):
+    _, frames = read_frames(videos["mp4"], SamplingRequest(num_frames=2, exact=True))
+    summary = frames.summary()
+    assert "pixels" not in summary and summary["shape"] == [2, 128, 128, 3]
+    assert math.isclose(summary["timestamps"][0], frames.indices[0] / FPS)
