@@ -97,6 +97,7 @@ def ask(
     start: Annotated[Optional[float], typer.Option(help="start of the span to sample, seconds")] = None,
     end: Annotated[Optional[float], typer.Option(help="end of the span to sample, seconds")] = None,
     exact: Annotated[bool, typer.Option(help="exact frames; never the faster nearest-keyframe seeking")] = False,
+    seek: Annotated[str, typer.Option(help="auto (keyframes when samples are a keyframe interval apart) | exact | keyframe")] = "auto",
     tokens_per_frame: Annotated[Optional[int], typer.Option(help="pooled tokens per frame (1, 4, 9, 16, ...)")] = None,
     quantize: Annotated[Optional[str], typer.Option(help="nf4 | int8 | none (default: nf4 on CUDA, none on CPU)")] = None,
     device: Annotated[Optional[str], typer.Option(help="cuda, cuda:N or cpu (default: cuda when present)")] = None,
@@ -114,8 +115,11 @@ def ask(
     """Answer a question about a local video, streaming the answer token by token."""
     from .ask import AskSettings, prepare, read_questions, report, verbose_lines
 
+    if exact and seek not in ("auto", "exact"):
+        raise UserError(f"--exact contradicts --seek {seek}; use one of them")
     settings = AskSettings(
-        model=model, frames=frames, fps=fps, start=start, end=end, exact=exact, tokens_per_frame=tokens_per_frame,
+        model=model, frames=frames, fps=fps, start=start, end=end, seek="exact" if exact else seek,
+        tokens_per_frame=tokens_per_frame,
         quantize=quantize, device=device, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
         seed=seed, system=system, time_instruction=time_instruction, json_output=json_output, stream=stream,
         verbose=verbose, chat=chat,

@@ -18,6 +18,10 @@ from .model_source import open_model, pick_device
 from .video import SamplingRequest, SampledFrames, VideoInfo, read_frames
 
 
+# frames are decoded at most this large, then resized for the vision tower (384 px for SigLIP)
+MAX_SIDE = 768
+
+
 @dataclass
 class AskSettings:
     model: str = "crosslmm-ov-0.5b"  # preset name, checkpoint directory or hub id
@@ -25,7 +29,7 @@ class AskSettings:
     fps: float | None = None  # at most this many sampled frames per second
     start: float | None = None  # seconds
     end: float | None = None  # seconds
-    exact: bool = False  # exact frames, never nearest-keyframe seeking
+    seek: str = "auto"  # auto | exact | keyframe (see crosslmm_cli.video)
     tokens_per_frame: int | None = None  # override the checkpoint's pooled tokens per frame
     quantize: str | None = None  # nf4 | int8 | none; nf4 on CUDA and none on CPU by default
     device: str | None = None  # cuda | cpu | cuda:N; cuda when present
@@ -50,7 +54,7 @@ class AskSettings:
             self.sampling = SamplingSettings(self.max_new_tokens, self.temperature, self.top_p, self.seed)
         except ValueError as error:
             raise UserError(str(error).replace("max_new_tokens", "--max-new-tokens").replace("top_p", "--top-p")) from None
-        self.request = SamplingRequest(self.frames, self.fps, self.start, self.end, self.exact)
+        self.request = SamplingRequest(self.frames, self.fps, self.start, self.end, self.seek, max_side=MAX_SIDE)
 
 
 @dataclass
@@ -165,8 +169,7 @@ def report(chat: VideoChat, answer: Answer, question: str) -> dict:
         "question": question,
         "answer": answer.text,
         "model": chat.settings.model,
-        "video": {k: getattr(chat.info, k) for k in ("path", "duration", "fps", "frame_count", "width", "height",
-                                                      "rotation", "variable_frame_rate", "codec")},
+        "video": chat.info.summary(),
         "frames": chat.frames.summary(),
         "timings": {
             "decode_s": round(chat.frames.seconds, 4),

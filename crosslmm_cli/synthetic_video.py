@@ -93,3 +93,15 @@ def moving_pattern_frames(count: int, height: int, width: int, seed: int = 0) ->
         top, left = (index * 7) % (height - 64), (index * 13) % (width - 64)
         frame[top : top + 64, left : left + 64] = 255
         yield frame
+
+
+def write_test_pattern(
+    path: str | Path, seconds: float, size: tuple[int, int] = (1280, 720), fps: float = 25.0, keyframe_interval: int = 250
+) -> Path:
+    """A long H.264 video of ffmpeg's moving ``testsrc2`` pattern, generated inside ffmpeg (no pipe)."""
+    width, height = size
+    args = [ffmpeg_exe(), "-v", "error", "-y", "-f", "lavfi", "-i", f"testsrc2=size={width}x{height}:rate={fps}:duration={seconds}",
+            "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", "-g", str(keyframe_interval),
+            "-x264-params", f"keyint={keyframe_interval}:min-keyint={keyframe_interval}:scenecut=0", str(path)]
+    subprocess.run(args, check=True)
+    return Path(path)

@@ -1,15 +1,14 @@
 """Decode a local video and sample frames from it.
 
-Samples are segment centres in time over [start, end]. Three ways to get them:
+Samples are segment centres in time over [start, end]. Two ways to get them:
 
-- exact, by seeking (OpenCV ``CAP_PROP_POS_FRAMES``): each sample costs up to one keyframe interval
-  of decoding, good when samples are sparse and the frame must be the requested one;
-- exact, sequential (OpenCV ``grab``): one pass over the span, good when samples are about one per
-  keyframe interval or denser; always used for variable-frame-rate files, where frames are picked
-  by their timestamps;
-- fast (keyframes): the nearest keyframe to each sample, decoded alone by one ffmpeg process with one
-  seeking input per sample; off by at most half a keyframe interval. Chosen automatically when
-  samples are farther apart than the keyframe interval, unless ``exact`` is asked for.
+- exact (OpenCV): for each sample, either decode straight on from the previous one or seek
+  (``CAP_PROP_POS_FRAMES``, which decodes from the keyframe before it), whichever decodes fewer
+  frames given the keyframe positions; so sparse samples seek and dense ones stream. Variable-frame-
+  rate files are walked frame by frame and sampled by timestamp.
+- keyframe (fast): the nearest keyframe to each sample, decoded alone by ffmpeg processes with one
+  seeking input per keyframe; off by at most half a keyframe interval. Chosen automatically
+  (``seek="auto"``) when samples are at least one keyframe interval apart.
 
 ffmpeg (the binary imageio-ffmpeg ships, through ffmpeg-python) also probes the file and decodes
 what OpenCV cannot open. Every problem a user can cause raises :class:`UserError`.
@@ -17,7 +16,9 @@ what OpenCV cannot open. Every problem a user can cause raises :class:`UserError
 
 from __future__ import annotations
 
+import bisect
 import math
+import os
 import re
 import subprocess
 import time
@@ -28,6 +29,7 @@ import cv2
 import ffmpeg
 import numpy as np
 
+from . import mp4_index
 from .errors import UserError
 from .synthetic_video import ffmpeg_exe
 
@@ -43,6 +45,10 @@ class VideoInfo:
     rotation: int  # degrees, from the display matrix
     variable_frame_rate: bool
     codec: str
+    keyframes: list[float] = field(default_factory=list, repr=False)  # presentation times (s)
+
+    def summary(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if k != "keyframes"}
 
 
 @dataclass
@@ -51,7 +57,7 @@ class SampledFrames:
     indices: list[int]  # frame numbers (for fast mode: the keyframe's)
     timestamps: list[float]  # seconds, presentation time of each returned frame
     requested: list[float]  # seconds, the segment centres that were asked for
-    seek: str  # "exact-seek" | "exact-sequential" | "keyframe"
+    seek: str  # "exact" | "exact-by-timestamp" | "keyframe"
     backend: str  # "opencv" | "ffmpeg"
     seconds: float = 0.0  # wall time spent decoding
     keyframe_interval: float | None = None  # seconds, mean, when it was probed
@@ -63,17 +69,21 @@ class SampledFrames:
         return data
 
 
+SEEK_MODES = ("auto", "exact", "keyframe")
+
+
 @dataclass
 class SamplingRequest:
     num_frames: int = 32  # frames to sample (segment centres)
     fps: float | None = None  # at most this many frames per second of the span
     start: float | None = None  # seconds
     end: float | None = None  # seconds
-    exact: bool = False  # force exact frames (never keyframe seeking)
+    seek: str = "auto"  # "auto" | "exact" | "keyframe"
     max_side: int | None = None  # downscale so the longer side is at most this (saves memory)
-    extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
+        if self.seek not in SEEK_MODES:
+            raise UserError(f"--seek must be one of {', '.join(SEEK_MODES)}, got {self.seek!r}")
         if self.num_frames < 1:
             raise UserError(f"--frames must be at least 1, got {self.num_frames}")
         if self.fps is not None and self.fps <= 0:
@@ -107,17 +117,49 @@ def check_path(path: str | Path) -> Path:
     return path
 
 
-def _ffmpeg_probe(path: Path) -> str:
-    """ffmpeg's description of the input (ffprobe is not shipped): its stderr for ``-i path``."""
-    result = subprocess.run([ffmpeg_exe(), "-hide_banner", "-i", str(path)], capture_output=True, text=True, errors="replace")
-    return result.stderr
+def _packet_listing(path: str | Path) -> tuple[str, str]:
+    """One ffmpeg run (ffprobe is not shipped) that copies the video packets, without decoding, to a
+    framecrc listing on stdout; ffmpeg describes the input on stderr. (``-discard nokey`` would be
+    faster but gives wrong timestamps for MP4 keyframes with B-frames; MP4 goes through mp4_index.)"""
+    args = [ffmpeg_exe(), "-hide_banner", "-nostats", "-i", str(path), "-map", "0:v:0", "-c", "copy", "-f", "framecrc", "-"]
+    result = subprocess.run(args, capture_output=True, text=True, errors="replace")
+    return result.stderr, result.stdout
+
+
+def _listing_times(listing: str, keyframes_only: bool) -> list[float]:
+    """Sorted presentation times (s) from a framecrc listing: stream, dts, pts, duration, size,
+    hash[, F=flags] per packet, the flags printed only when they differ from "keyframe"."""
+    timebase = re.search(r"#tb 0: (\d+)/(\d+)", listing)
+    if timebase is None:
+        return []
+    scale = int(timebase.group(1)) / int(timebase.group(2))
+    times = []
+    for line in listing.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        fields = [field.strip() for field in line.split(",")]
+        flags = next((int(f[2:], 16) for f in fields[6:] if f.startswith("F=")), 1)
+        if flags & 1 or not keyframes_only:
+            times.append(int(fields[2]) * scale)
+    return sorted(times)
+
+
+def packet_times(path: str | Path) -> list[float]:
+    """Presentation times (s) of every video packet, from the container (sorted)."""
+    return _listing_times(_packet_listing(path)[1], keyframes_only=False)
 
 
 def probe(path: str | Path) -> VideoInfo:
     """Validate ``path`` and describe its first video stream; :class:`UserError` when it is not a
     readable video (missing, empty, not a video, truncated, audio only, no frames)."""
     path = check_path(path)
-    text = _ffmpeg_probe(path)
+    keyframes = mp4_index.keyframe_times(path)  # milliseconds for MP4/MOV; ffmpeg walks every sample
+    if keyframes is None:
+        text, listing = _packet_listing(path)
+        keyframes = _listing_times(listing, keyframes_only=True)
+    else:
+        text = subprocess.run([ffmpeg_exe(), "-hide_banner", "-i", str(path)], capture_output=True, text=True,
+                              errors="replace").stderr
     stream = _STREAM.search(text)
     if stream is None:
         if re.search(r"Stream #\d+:\d+.*?: Audio:", text):
@@ -152,29 +194,8 @@ def probe(path: str | Path) -> VideoInfo:
     return VideoInfo(
         path=str(path), width=width, height=height, fps=fps, frame_count=frame_count, duration=duration,
         rotation=rotation, variable_frame_rate=abs(fps - tbr) > 0.01 * tbr, codec=stream.group(1),
+        keyframes=keyframes,
     )
-
-
-def packet_times(path: str | Path, keyframes_only: bool = False) -> list[float]:
-    """Presentation times (s) of the video packets, read from the container without decoding (a
-    bitstream filter drops the non-keyframes when ``keyframes_only``); sorted."""
-    args = [ffmpeg_exe(), "-v", "error", "-i", str(path), "-map", "0:v:0", "-c", "copy"]
-    if keyframes_only:
-        args += ["-bsf:v", "noise=drop=not(key)"]
-    result = subprocess.run(args + ["-f", "framecrc", "-"], capture_output=True, text=True, errors="replace")
-    timebase = re.search(r"#tb 0: (\d+)/(\d+)", result.stdout)
-    if timebase is None:
-        return []
-    scale = int(timebase.group(1)) / int(timebase.group(2))
-    times = []
-    for line in result.stdout.splitlines():
-        if line and not line.startswith("#"):
-            times.append(int(line.split(",")[2]) * scale)  # stream, dts, pts, duration, size, hash
-    return sorted(times)
-
-
-def keyframe_times(path: str | Path) -> list[float]:
-    return packet_times(path, keyframes_only=True)
 
 
 # ---- sampling -----------------------------------------------------------------------------------
@@ -210,30 +231,28 @@ class _OpenCVCannot(Exception):
     """OpenCV could not open or decode the requested frames; ffmpeg gets a go."""
 
 
-# Without a keyframe probe, assume this many frames between keyframes (x264's default is 250).
+# Without keyframe positions, assume x264's default keyframe interval (frames).
 DEFAULT_KEYFRAME_GAP = 250
+# OpenCV's CAP_PROP_POS_FRAMES seek starts decoding at the keyframe before (target - 16).
+OPENCV_SEEK_BACKOFF = 16
 
 
 def _opencv_exact(
-    info: VideoInfo, times: list[float], max_side: int | None, keyframe_gap: float
+    info: VideoInfo, times: list[float], max_side: int | None, keyframes: list[int]
 ) -> tuple[np.ndarray, list[int], list[float], str]:
-    """Exact frames with OpenCV: seek per sample when samples are sparse, else one sequential pass.
-    Returns RGB frames (T, H, W, 3), frame numbers, timestamps (s) and the strategy used."""
+    """Exact frames with OpenCV. Returns RGB frames (T, H, W, 3), frame numbers, timestamps (s) and
+    the strategy used."""
     capture = cv2.VideoCapture(info.path)
     if not capture.isOpened():
         raise _OpenCVCannot()
-    wanted = [min(frame_at(t, info.fps), info.frame_count - 1) for t in times]
-    spacing = (wanted[-1] - wanted[0]) / max(1, len(wanted) - 1)
     try:
         if info.variable_frame_rate:
             frames, indices, stamps = _opencv_by_timestamp(capture, times, max_side)
-            strategy = "exact-sequential"
-        elif spacing <= keyframe_gap:
-            frames, indices, stamps = _opencv_sequential(capture, wanted, max_side)
-            strategy = "exact-sequential"
+            strategy = "exact-by-timestamp"
         else:
-            frames, indices, stamps = _opencv_seek(capture, wanted, max_side)
-            strategy = "exact-seek"
+            wanted = [min(frame_at(t, info.fps), info.frame_count - 1) for t in times]
+            frames, indices, stamps = _opencv_by_index(capture, wanted, max_side, keyframes)
+            strategy = "exact"
     finally:
         capture.release()
     if len(frames) < len(times):
@@ -241,38 +260,36 @@ def _opencv_exact(
     return np.stack(frames)[..., ::-1], indices, stamps, strategy  # BGR -> RGB
 
 
-def _opencv_seek(capture, wanted: list[int], max_side: int | None):
+def _opencv_by_index(capture, wanted: list[int], max_side: int | None, keyframes: list[int]):
+    """Constant frame rate: for each wanted frame, decode on from the current position or seek,
+    whichever decodes fewer frames. ``grab`` decodes; only wanted frames are converted."""
     frames, stamps = [], []
+    position, image = 0, None  # position: number of the next frame grab() returns
     for index in wanted:
-        capture.set(cv2.CAP_PROP_POS_FRAMES, index)
-        ok, image = capture.read()
-        if not ok:
-            break
-        frames.append(_resize(image, max_side))
-        stamps.append(capture.get(cv2.CAP_PROP_POS_MSEC) / 1000.0)
-    return frames, wanted[: len(frames)], stamps
-
-
-def _opencv_sequential(capture, wanted: list[int], max_side: int | None):
-    """Constant frame rate: decode straight through from the first wanted frame, convert only the
-    wanted ones (``grab`` decodes, ``retrieve`` converts)."""
-    frames, stamps = [], []
-    if wanted[0] > 0:
-        capture.set(cv2.CAP_PROP_POS_FRAMES, wanted[0])
-    position, image = wanted[0], None
-    for index in wanted:
-        while position <= index:
-            if not capture.grab():
-                return frames, wanted[: len(frames)], stamps
-            if position == index:
-                ok, image = capture.retrieve()
-                if not ok:
+        if index != position - 1 or image is None:  # not the frame converted just before
+            reach = _keyframe_before(max(0, index - OPENCV_SEEK_BACKOFF), keyframes)
+            if index < position or index - position > index - reach:
+                capture.set(cv2.CAP_PROP_POS_FRAMES, index)
+                position = index
+            while position <= index:
+                if not capture.grab():
                     return frames, wanted[: len(frames)], stamps
-                image = _resize(image, max_side)
-            position += 1
-        frames.append(image)  # a repeated index reuses the frame just converted
+                position += 1
+            ok, image = capture.retrieve()
+            if not ok:
+                return frames, wanted[: len(frames)], stamps
+            image = _resize(image, max_side)
+        frames.append(image)
         stamps.append(capture.get(cv2.CAP_PROP_POS_MSEC) / 1000.0)
     return frames, wanted, stamps
+
+
+def _keyframe_before(index: int, keyframes: list[int]) -> int:
+    """The last keyframe at or before ``index`` (keyframes sorted; assumed every
+    DEFAULT_KEYFRAME_GAP frames when unknown)."""
+    if not keyframes:
+        return index - index % DEFAULT_KEYFRAME_GAP
+    return keyframes[max(0, bisect.bisect_right(keyframes, index) - 1)]
 
 
 def _opencv_by_timestamp(capture, times: list[float], max_side: int | None):
@@ -306,33 +323,49 @@ def _output_size(info: VideoInfo, max_side: int | None) -> tuple[int, int]:
     return width - width % 2, height - height % 2
 
 
-def _ffmpeg_rawvideo(stream, size: tuple[int, int]) -> np.ndarray:
+def _yuv_command(stream) -> list[str]:
+    # I420 is half the bytes of RGB and skips ffmpeg's RGB conversion; OpenCV converts faster
+    return stream.output("pipe:", format="rawvideo", pix_fmt="yuv420p", fps_mode="passthrough").compile(
+        cmd=[ffmpeg_exe(), "-v", "error"]
+    )
+
+
+def _yuv_frames(raw: bytes, size: tuple[int, int]) -> list[np.ndarray]:
+    """I420 bytes -> RGB frames (H, W, 3)."""
     width, height = size
-    try:
-        out, _ = stream.output("pipe:", format="rawvideo", pix_fmt="rgb24", fps_mode="passthrough").run(
-            cmd=ffmpeg_exe(), capture_stdout=True, capture_stderr=True, quiet=True
-        )
-    except ffmpeg.Error as error:
-        raise UserError(f"ffmpeg could not decode the video: {error.stderr.decode(errors='replace').strip().splitlines()[-1:]}")
-    return np.frombuffer(out, dtype=np.uint8).reshape(-1, height, width, 3)
+    planes = np.frombuffer(raw, dtype=np.uint8).reshape(-1, height * 3 // 2, width)
+    return [cv2.cvtColor(plane, cv2.COLOR_YUV2RGB_I420) for plane in planes]
 
 
-def _ffmpeg_keyframes(info: VideoInfo, seek_times: list[float], max_side: int | None) -> np.ndarray:
-    """Decode the keyframe at each of ``seek_times`` (exact keyframe timestamps): one input per
-    sample, each seeking straight to its keyframe and keeping one frame, concatenated."""
+# Inputs per ffmpeg process in keyframe mode; processes run side by side, one per core.
+FFMPEG_INPUTS_PER_PROCESS = 48
+
+
+def _ffmpeg_keyframes(info: VideoInfo, seek_times: list[float], max_side: int | None) -> np.ndarray | None:
+    """Decode the keyframe at each of ``seek_times`` (exact keyframe timestamps, repeats allowed).
+    Each distinct keyframe is one ffmpeg input that seeks straight to it and keeps one frame; the
+    inputs are split over one process per core. None when ffmpeg could not give every frame."""
     size = _output_size(info, max_side)
-    frames = []
-    for batch_start in range(0, len(seek_times), FFMPEG_INPUTS_PER_PROCESS):
+    distinct = sorted(set(seek_times))
+    per_process = max(1, min(FFMPEG_INPUTS_PER_PROCESS, math.ceil(len(distinct) / (os.cpu_count() or 1))))
+    commands = []
+    for first in range(0, len(distinct), per_process):
         streams = [
-            ffmpeg.input(info.path, ss=f"{t:.6f}", threads=1).video.trim(end_frame=1).filter("scale", *size).filter("setsar", 1)
-            for t in seek_times[batch_start: batch_start + FFMPEG_INPUTS_PER_PROCESS]
+            # seek a quarter frame past the keyframe without accurate seeking: ffmpeg starts at the
+            # keyframe at or before it and decodes nothing else; a small probe, as every input is
+            # the same, already identified file
+            ffmpeg.input(info.path, ss=f"{t + 0.25 / info.fps:.6f}", noaccurate_seek=None, threads=1,
+                         probesize=32768, analyzeduration=0)
+            .video.trim(end_frame=1).filter("scale", *size).filter("setsar", 1)
+            for t in distinct[first: first + per_process]
         ]
-        joined = streams[0] if len(streams) == 1 else ffmpeg.concat(*streams, v=1, a=0)
-        frames.append(_ffmpeg_rawvideo(joined, size))
-    return np.concatenate(frames)
-
-
-FFMPEG_INPUTS_PER_PROCESS = 64
+        commands.append(_yuv_command(streams[0] if len(streams) == 1 else ffmpeg.concat(*streams, v=1, a=0)))
+    processes = [subprocess.Popen(c, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL) for c in commands]
+    decoded = [frame for process in processes for frame in _yuv_frames(process.communicate()[0], size)]
+    if len(decoded) != len(distinct):
+        return None
+    position = {t: i for i, t in enumerate(distinct)}
+    return np.stack([decoded[position[t]] for t in seek_times])
 
 
 def _ffmpeg_sequential(info: VideoInfo, times: list[float], max_side: int | None) -> tuple[np.ndarray, list[float]]:
@@ -343,39 +376,50 @@ def _ffmpeg_sequential(info: VideoInfo, times: list[float], max_side: int | None
     stream = stream.filter("trim", end=times[-1] - start + 1.0 / info.fps)
     # output frames at a fixed rate starting at `start`: frame k shows time start + k / fps
     stream = stream.filter("fps", fps=info.fps, start_time=0)
-    decoded = _ffmpeg_rawvideo(stream, size)
+    result = subprocess.run(_yuv_command(stream), capture_output=True)
+    decoded = _yuv_frames(result.stdout, size)
     if len(decoded) == 0:
         raise UserError(f"{info.path}: no frame could be decoded (truncated or corrupt?)")
     picks = [min(len(decoded) - 1, frame_at(t - start, info.fps)) for t in times]
-    return decoded[picks], [start + k / info.fps for k in picks]
+    return np.stack([decoded[k] for k in picks]), [start + k / info.fps for k in picks]
 
 
 def read_frames(path: str | Path, request: SamplingRequest, info: VideoInfo | None = None) -> tuple[VideoInfo, SampledFrames]:
-    """Probe ``path`` and return the sampled frames (RGB, rotation applied) with their provenance."""
+    """Probe ``path`` (unless ``info`` is given) and return the sampled frames (RGB, rotation
+    applied) with their provenance."""
     began = time.perf_counter()
     info = info or probe(path)
     times = sample_times(info, request)
-    keyframe_interval = None
-    keyframe_gap = DEFAULT_KEYFRAME_GAP
-    if not request.exact and len(times) > 1:
-        keys = keyframe_times(info.path)
-        if len(keys) > 1:
-            keyframe_interval = (keys[-1] - keys[0]) / (len(keys) - 1)
-            keyframe_gap = keyframe_interval * info.fps
-            if times[1] - times[0] >= keyframe_interval:
-                nearest = [min(keys, key=lambda k: abs(k - t)) for t in times]
-                pixels = _ffmpeg_keyframes(info, nearest, request.max_side)
-                if len(pixels) == len(times):
-                    return info, SampledFrames(
-                        pixels, [round(k * info.fps) for k in nearest], nearest, times, "keyframe", "ffmpeg",
-                        time.perf_counter() - began, keyframe_interval,
-                    )
+    keys = info.keyframes
+    keyframe_interval = (keys[-1] - keys[0]) / (len(keys) - 1) if len(keys) > 1 else None
+    spacing = times[1] - times[0] if len(times) > 1 else math.inf
+    use_keyframes = keys and (
+        request.seek == "keyframe" or (request.seek == "auto" and keyframe_interval and spacing >= keyframe_interval)
+    )
+    if use_keyframes:
+        nearest = [keys[_nearest(keys, t)] for t in times]
+        pixels = _ffmpeg_keyframes(info, nearest, request.max_side)
+        if pixels is not None:
+            return info, SampledFrames(
+                pixels, [frame_at(k, info.fps) for k in nearest], nearest, times, "keyframe", "ffmpeg",
+                time.perf_counter() - began, keyframe_interval,
+            )
     try:
-        pixels, indices, stamps, strategy = _opencv_exact(info, times, request.max_side, keyframe_gap)
+        keyframe_numbers = [frame_at(k, info.fps) for k in keys]
+        pixels, indices, stamps, strategy = _opencv_exact(info, times, request.max_side, keyframe_numbers)
         backend = "opencv"
     except _OpenCVCannot:
         pixels, stamps = _ffmpeg_sequential(info, times, request.max_side)
-        indices, strategy, backend = [round(s * info.fps) for s in stamps], "exact-sequential", "ffmpeg"
+        indices, strategy, backend = [frame_at(s, info.fps) for s in stamps], "exact", "ffmpeg"
     return info, SampledFrames(
         pixels, indices, stamps, times, strategy, backend, time.perf_counter() - began, keyframe_interval
     )
+
+
+def _nearest(sorted_values: list[float], value: float) -> int:
+    right = bisect.bisect_left(sorted_values, value)
+    if right == 0:
+        return 0
+    if right == len(sorted_values):
+        return right - 1
+    return right if sorted_values[right] - value < value - sorted_values[right - 1] else right - 1

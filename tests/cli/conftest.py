@@ -25,6 +25,8 @@ def videos(tmp_path_factory):
         "webm": write_video(root / "vp9.webm", index_frames(100), (128, 128), FPS, "libvpx-vp9", KEYFRAME_INTERVAL),
         "avi": write_video(root / "mpeg4.avi", index_frames(100), (128, 128), FPS, "mpeg4", KEYFRAME_INTERVAL),
         "mkv": write_video(root / "mjpeg.mkv", index_frames(100), (128, 128), FPS, "mjpeg"),
+        "bframes": write_video(root / "bframes.mp4", index_frames(100), (128, 128), FPS, "libx264", KEYFRAME_INTERVAL,
+                               extra_output_args=["-bf", "3", "-preset", "medium"]),
         "vfr": write_video(root / "vfr.mp4", index_frames(60), (128, 128), FPS, "libx264",
                            extra_output_args=["-vf", f"setpts='{VFR_SETPTS}/TB'", "-fps_mode", "passthrough"]),
     }

@@ -19,26 +19,48 @@ def decoded_indices(frames) -> list[int]:
     return [read_index(frame) for frame in frames.pixels]
 
 
-@pytest.mark.parametrize("kind", ["mp4", "webm", "avi", "mkv"])
+@pytest.mark.parametrize("kind", ["mp4", "webm", "avi", "mkv", "bframes"])
 @pytest.mark.parametrize("count", [3, 8, 40])
 def test_exact_mode_returns_the_requested_frames(videos, kind, count):
-    info, frames = read_frames(videos[kind], SamplingRequest(num_frames=count, exact=True))
+    info, frames = read_frames(videos[kind], SamplingRequest(num_frames=count, seek="exact"))
     expected = [int(t * FPS) for t in frames.requested]
     assert frames.indices == expected
     assert decoded_indices(frames) == expected
-    assert frames.seek.startswith("exact") and frames.pixels.shape == (count, 128, 128, 3)
+    assert frames.seek == "exact" and frames.pixels.shape == (count, 128, 128, 3)
     # segment centres
     assert frames.requested == pytest.approx([(i + 0.5) * info.duration / count for i in range(count)])
 
 
-def test_exact_seeking_strategy_returns_the_requested_frames(videos, monkeypatch):
-    monkeypatch.setattr(video_module, "DEFAULT_KEYFRAME_GAP", 2)  # force one seek per sample
-    _, frames = read_frames(videos["mp4"], SamplingRequest(num_frames=6, exact=True))
-    assert frames.seek == "exact-seek"
+class CountingCapture:
+    """cv2.VideoCapture that counts seeks."""
+
+    seeks = 0
+
+    def __init__(self, *args):
+        self.capture = REAL_CAPTURE(*args)
+
+    def set(self, prop, value):
+        CountingCapture.seeks += 1
+        return self.capture.set(prop, value)
+
+    def __getattr__(self, name):
+        return getattr(self.capture, name)
+
+
+REAL_CAPTURE = video_module.cv2.VideoCapture
+
+
+@pytest.mark.parametrize("count,seeks", [(4, True), (40, False)])
+def test_exact_mode_seeks_only_when_that_decodes_less(videos, monkeypatch, count, seeks):
+    monkeypatch.setattr(video_module.cv2, "VideoCapture", CountingCapture)
+    CountingCapture.seeks = 0
+    _, frames = read_frames(videos["mp4"], SamplingRequest(num_frames=count, seek="exact"))
     assert decoded_indices(frames) == frames.indices == [int(t * FPS) for t in frames.requested]
+    # 4 samples are 25 frames apart (keyframes every 10): seeking beats decoding through
+    assert (CountingCapture.seeks > 0) == seeks
 
 
-@pytest.mark.parametrize("kind", ["mp4", "webm"])
+@pytest.mark.parametrize("kind", ["mp4", "webm", "bframes"])
 def test_fast_mode_stays_within_one_keyframe_interval(videos, kind):
     _, frames = read_frames(videos[kind], SamplingRequest(num_frames=4))
     assert frames.seek == "keyframe" and frames.backend == "ffmpeg"
@@ -50,18 +72,25 @@ def test_fast_mode_stays_within_one_keyframe_interval(videos, kind):
         assert abs(index - requested * FPS) <= KEYFRAME_INTERVAL
 
 
+def test_forced_keyframe_mode_decodes_each_keyframe_once(videos):
+    _, frames = read_frames(videos["mp4"], SamplingRequest(num_frames=30, seek="keyframe"))
+    assert frames.seek == "keyframe" and len(frames.indices) == 30
+    assert decoded_indices(frames) == frames.indices
+    assert all(index % KEYFRAME_INTERVAL == 0 for index in frames.indices)
+
+
 def test_dense_samples_stay_exact_without_asking(videos):
     _, frames = read_frames(videos["mp4"], SamplingRequest(num_frames=20))  # 5 frames apart < keyframe interval
-    assert frames.seek == "exact-sequential"
+    assert frames.seek == "exact"
     assert decoded_indices(frames) == [int(t * FPS) for t in frames.requested]
 
 
 def test_rotation_metadata_is_honoured(videos):
     info = probe(videos["rotated"])
     assert info.rotation == 90 and (info.width, info.height) == (96, 128)
-    for exact in (True, False):
-        _, frames = read_frames(videos["rotated"], SamplingRequest(num_frames=3, exact=exact))
-        assert frames.pixels.shape[1:3] == (128, 96)  # portrait
+    for seek in ("exact", "keyframe"):
+        _, frames = read_frames(videos["rotated"], SamplingRequest(num_frames=3, seek=seek))
+        assert frames.seek == seek and frames.pixels.shape[1:3] == (128, 96)  # portrait
         assert [read_index(np.rot90(frame, -1)) for frame in frames.pixels] == frames.indices
 
 
@@ -71,7 +100,7 @@ def test_variable_frame_rate_is_sampled_by_timestamp(videos):
     shown_at = packet_times(videos["vfr"]) + [math.inf]  # ground truth from the container (no B-frames)
     gaps = {round(b - a, 2) for a, b in zip(shown_at, shown_at[1:-1])}
     assert len(gaps) > 2  # really variable
-    _, frames = read_frames(videos["vfr"], SamplingRequest(num_frames=10, exact=True))
+    _, frames = read_frames(videos["vfr"], SamplingRequest(num_frames=10, seek="exact"))
     for index, stamp, requested in zip(decoded_indices(frames), frames.timestamps, frames.requested):
         # the frame on screen at the requested time: shown at or before it, replaced after it
         assert shown_at[index] <= requested < shown_at[index + 1]
@@ -79,15 +108,15 @@ def test_variable_frame_rate_is_sampled_by_timestamp(videos):
 
 
 def test_start_end_and_fps_cap(videos):
-    _, frames = read_frames(videos["mp4"], SamplingRequest(num_frames=32, start=1.0, end=3.0, fps=2.0, exact=True))
+    _, frames = read_frames(videos["mp4"], SamplingRequest(num_frames=32, start=1.0, end=3.0, fps=2.0, seek="exact"))
     assert len(frames.indices) == 4  # 2 s at 2 frames/s
     assert all(1.0 <= t <= 3.0 for t in frames.timestamps)
-    _, few = read_frames(videos["mp4"], SamplingRequest(num_frames=500, exact=True))
+    _, few = read_frames(videos["mp4"], SamplingRequest(num_frames=500, seek="exact"))
     assert len(few.indices) == 100  # never more samples than frames
 
 
 def test_frames_are_downscaled_to_max_side(videos):
-    _, frames = read_frames(videos["mp4"], SamplingRequest(num_frames=2, exact=True, max_side=64))
+    _, frames = read_frames(videos["mp4"], SamplingRequest(num_frames=2, seek="exact", max_side=64))
     assert frames.pixels.shape[1:3] == (64, 64)
 
 
@@ -106,7 +135,7 @@ def test_ffmpeg_decodes_what_opencv_cannot(videos, monkeypatch):
             pass
 
     monkeypatch.setattr(video_module.cv2, "VideoCapture", Closed)
-    info, frames = read_frames(videos["mp4"], SamplingRequest(num_frames=5, exact=True))
+    info, frames = read_frames(videos["mp4"], SamplingRequest(num_frames=5, seek="exact"))
     assert frames.backend == "ffmpeg" and info.frame_count == 100
     assert decoded_indices(frames) == [int(t * FPS) for t in frames.requested] == frames.indices
 
@@ -134,6 +163,7 @@ def test_bad_files_are_user_errors(videos, kind, message):
         (dict(fps=0), "--fps must be positive"),
         (dict(start=-1), "--start must be >= 0"),
         (dict(start=2, end=1), "must come after --start"),
+        (dict(seek="fastest"), "--seek must be one of"),
     ],
 )
 def test_bad_requests_are_user_errors(request_args, message):
@@ -147,7 +177,7 @@ def test_start_past_the_end(videos):
 
 
 def test_summary_has_no_pixels(videos):
-    _, frames = read_frames(videos["mp4"], SamplingRequest(num_frames=2, exact=True))
+    _, frames = read_frames(videos["mp4"], SamplingRequest(num_frames=2, seek="exact"))
     summary = frames.summary()
     assert "pixels" not in summary and summary["shape"] == [2, 128, 128, 3]
     assert math.isclose(summary["timestamps"][0], frames.indices[0] / FPS)
