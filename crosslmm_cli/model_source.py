@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import torch
@@ -106,7 +107,11 @@ def open_model(
         if spec in PRESETS:
             path = cache_home() / spec
             if not is_checkpoint_dir(path):
-                create_checkpoint(spec, path, dtype=torch.bfloat16 if spec != "tiny" else None)
+                # build next to the cache entry and rename: an interrupted build leaves no half checkpoint
+                partial = path.with_name(path.name + ".partial")
+                shutil.rmtree(partial, ignore_errors=True)
+                create_checkpoint(spec, partial, dtype=torch.bfloat16 if spec != "tiny" else None)
+                partial.rename(path)
         else:
             check_hub_reachable(f"model {spec!r}")
     try:

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from accelerate import init_empty_weights
 from torch import nn
@@ -116,15 +118,34 @@ def from_llava_onevision(
     return model, processor
 
 
+def drop_unused_vision_layers(vision_config, state_dict: dict, feature_layer: int) -> tuple[object, dict]:
+    """Features taken from an earlier layer (LLaVA's -2) make the layers after it dead weight:
+    keep only the layers up to it, so ``vision_feature_layer`` becomes -1 (as LLaVA-OneVision's
+    Hugging Face conversion does). Returns the shortened config and state dict."""
+    total = vision_config.num_hidden_layers
+    kept = total + 1 + feature_layer if feature_layer < 0 else feature_layer
+    if not 0 < kept <= total:
+        raise ValueError(f"vision_feature_layer {feature_layer} does not exist in a {total}-layer vision tower")
+    vision_config = copy.deepcopy(vision_config)
+    vision_config.num_hidden_layers = kept
+    dropped = tuple(f"encoder.layers.{i}." for i in range(kept, total))
+    return vision_config, {k: v for k, v in state_dict.items() if not k.startswith(dropped)}
+
+
 def from_parts(
     vision_id: str, text_id: str, dtype: torch.dtype | None = torch.bfloat16, **options
 ) -> tuple[CrossLMMForConditionalGeneration, CrossLMMProcessor]:
     """The paper's recipe: a SigLIP(2) vision tower and an instruct LLM from the hub; the projector,
-    separator and DCALs are new, so the model needs Stage I/II training (``needs_training=True``)."""
+    separator and DCALs are new, so the model needs Stage I/II training (``needs_training=True``).
+    ``vision_feature_layer`` (default -2, LLaVA's choice) picks the vision layer whose output is used;
+    the layers after it are dropped."""
     vision_config = AutoConfig.from_pretrained(vision_id)
     vision_config = getattr(vision_config, "vision_config", vision_config)  # a full SigLIP: keep its tower
     vision_class = MODEL_MAPPING[type(vision_config)]
     vision = vision_class.from_pretrained(vision_id, config=vision_config, dtype=dtype)
+    vision_config, vision_state = drop_unused_vision_layers(
+        vision_config, vision.state_dict(), options.pop("vision_feature_layer", -2)
+    )
     language = AutoModelForCausalLM.from_pretrained(text_id, dtype=dtype)
     tokenizer = AutoTokenizer.from_pretrained(text_id)
     video_token_id = ensure_video_token(tokenizer)
@@ -134,11 +155,12 @@ def from_parts(
         vision_config=vision_config,
         text_config=language.config,
         video_token_id=video_token_id,
+        vision_feature_layer=-1,
         needs_training=True,
         **options,
     )
     state = {
-        **_prefixed("vision_tower.", vision.state_dict()),
+        **_prefixed("vision_tower.", vision_state),
         **load_language_model_state(config, language.state_dict(), prefix="language_model."),
     }
     return _assemble(config, state, dtype), CrossLMMProcessor(tokenizer, config)

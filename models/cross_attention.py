@@ -127,6 +127,17 @@ class CrossAttentionInputs:
     text_mask: torch.Tensor  # (B, L) bool: positions whose T2V output is added
     pooled_positions: torch.Tensor | None  # (F, g²) flat indices into (B·L) of each frame's pooled tokens
 
+    def __post_init__(self):
+        # worked out once per forward, not once per DCAL layer (each check is a device sync)
+        self.any_text = bool(self.text_mask.any())
+        self.all_text = bool(self.text_mask.all())
+        # each sample's text positions in order, padded to the longest: (B, Lt) indices and validity
+        counts = self.text_mask.sum(dim=1)
+        longest = int(counts.max())
+        order = torch.sort(self.text_mask.to(torch.int8), dim=1, descending=True, stable=True).indices
+        self.text_index = order[:, :longest]
+        self.text_valid = torch.arange(longest, device=counts.device)[None] < counts[:, None]
+
 
 class DualCrossAttention(nn.Module):
     """V2V and T2V cross-attention of one decoder layer (separate weights, same shape)."""
@@ -147,12 +158,12 @@ class DualCrossAttention(nn.Module):
         if self.use_v2v and inputs.pooled_positions is not None and inputs.pooled_positions.numel():
             update = self._v2v(hidden.reshape(batch * length, width), update, inputs)
         update = update.view(batch, length, width)
-        if self.use_t2v and inputs.text_mask.any():
-            update = update + self._t2v(hidden, inputs) * inputs.text_mask[..., None].to(hidden.dtype)
+        if self.use_t2v and inputs.any_text:
+            update = update + self._t2v(hidden, inputs) * inputs.text_mask[..., None].to(hidden)
         return update
 
     def _v2v(self, flat_hidden: torch.Tensor, update: torch.Tensor, inputs: CrossAttentionInputs) -> torch.Tensor:
-        memory, positions = inputs.memory, inputs.pooled_positions  # positions (F, g²)
+        memory, positions = inputs.memory, inputs.pooled_positions.to(update.device)  # (F, g²)
         if self.v2v_scope == "frame":
             # each frame's pooled tokens read that frame's originals: F independent attentions
             key, value = self.v2v.project_memory(memory.originals)  # (F, kvh, N, hd)
@@ -171,6 +182,8 @@ class DualCrossAttention(nn.Module):
         return update.index_copy(0, per_sample[valid], out[valid])
 
     def _t2v(self, hidden: torch.Tensor, inputs: CrossAttentionInputs) -> torch.Tensor:
+        """The T2V update (B, L, D): only text positions query the memory (at prefill most
+        positions are visual; while decoding every position is text)."""
         memory = inputs.memory
         videos, mask = memory.per_video()
         if memory.cache_kv and self.layer_idx in memory.t2v_kv:
@@ -179,7 +192,13 @@ class DualCrossAttention(nn.Module):
             key, value = self.t2v.project_memory(videos)  # (B, kvh, M, hd)
             if memory.cache_kv:
                 memory.t2v_kv[self.layer_idx] = (key, value)
-        return self.t2v(hidden, key, value, mask)  # (B, L, D)
+        if inputs.all_text:
+            return self.t2v(hidden, key, value, mask)  # (B, L, D)
+        batch, length, width = hidden.shape
+        index = inputs.text_index.to(hidden.device)[..., None].expand(-1, -1, width)  # (B, Lt, D)
+        out = self.t2v(hidden.gather(1, index), key, value, mask)  # (B, Lt, D)
+        out = out * inputs.text_valid.to(hidden)[..., None]  # padding rows add nothing
+        return hidden.new_zeros(batch, length, width).scatter_add(1, index, out)
 
 
 class CrossAttentionDecoderLayer(GradientCheckpointingLayer):

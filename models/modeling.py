@@ -99,7 +99,8 @@ class CrossLMMForConditionalGeneration(CrossLMMPreTrainedModel):
         dtype = self.multi_modal_projector.linear_1.weight.dtype
         chunks = []
         for chunk in frames.split(frames_per_batch):
-            outputs = self.vision_tower(pixel_values=chunk.to(dtype), output_hidden_states=True)
+            # capture only the selected layer's hidden states, not all of them
+            outputs = self.vision_tower(pixel_values=chunk.to(dtype), output_hidden_states=layer)
             features = outputs.hidden_states[layer]  # (f, N(+1), Dv)
             if self.config.vision_feature_select_strategy == "default":
                 features = features[:, 1:]

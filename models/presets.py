@@ -12,8 +12,10 @@ from transformers import Qwen2Config, SiglipVisionConfig
 
 from .configuration import CrossLMMConfig
 
+# SigLIP(2)-so400m-patch14-384 without its last layer: features come from the second-to-last layer
+# (LLaVA's choice), so the last one is dropped (LLaVA-OneVision's Hugging Face checkpoints do the same)
 SIGLIP_SO400M = dict(
-    hidden_size=1152, intermediate_size=4304, num_hidden_layers=27, num_attention_heads=16,
+    hidden_size=1152, intermediate_size=4304, num_hidden_layers=26, num_attention_heads=16,
     image_size=384, patch_size=14,
 )
 
@@ -66,7 +68,7 @@ PRESETS: dict[str, Preset] = {
             "crosslmm-ov-0.5b",
             "LLaVA-OneVision-0.5B re-pooled to 9 tokens/frame, DCALs added with closed gates",
             "llava_onevision",
-            {**SIGLIP_SO400M, "num_hidden_layers": 26},
+            SIGLIP_SO400M,
             dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
                  num_key_value_heads=2, vocab_size=152000, tie_word_embeddings=True),
             dict(tokens_per_frame=9, cross_attn_every=4, frame_separator="video", video_token_id=151647),
@@ -76,7 +78,7 @@ PRESETS: dict[str, Preset] = {
             "crosslmm-ov-7b",
             "LLaVA-OneVision-7B re-pooled to 9 tokens/frame, DCALs added with closed gates",
             "llava_onevision",
-            {**SIGLIP_SO400M, "num_hidden_layers": 26},
+            SIGLIP_SO400M,
             dict(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
                  num_key_value_heads=4, vocab_size=152128, tie_word_embeddings=False),
             dict(tokens_per_frame=9, cross_attn_every=4, frame_separator="video", video_token_id=151647),
@@ -89,8 +91,7 @@ PRESETS: dict[str, Preset] = {
             SIGLIP_SO400M,
             dict(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12,
                  num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True),
-            dict(tokens_per_frame=9, cross_attn_every=4, frame_separator="video", vision_feature_layer=-2,
-                 video_token_id=151665),
+            dict(tokens_per_frame=9, cross_attn_every=4, frame_separator="video", video_token_id=151665),
             vision_id="google/siglip2-so400m-patch14-384",
             text_id="Qwen/Qwen2.5-1.5B-Instruct",
         ),
@@ -101,8 +102,7 @@ PRESETS: dict[str, Preset] = {
             SIGLIP_SO400M,
             dict(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
                  num_key_value_heads=4, vocab_size=152064, tie_word_embeddings=False),
-            dict(tokens_per_frame=9, cross_attn_every=4, frame_separator="video", vision_feature_layer=-2,
-                 video_token_id=151665),
+            dict(tokens_per_frame=9, cross_attn_every=4, frame_separator="video", video_token_id=151665),
             vision_id="google/siglip2-so400m-patch14-384",
             text_id="Qwen/Qwen2.5-7B-Instruct",
         ),
