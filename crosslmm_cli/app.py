@@ -42,12 +42,16 @@ def user_errors(command):
     return wrapper
 
 
-def quiet_transformers() -> None:
-    """The library's own progress bars and warnings are noise in a CLI (hub downloads keep theirs)."""
+def quiet_libraries() -> None:
+    """Library progress bars and warnings are noise in a CLI (hub downloads keep theirs); e.g.
+    bitsandbytes warns on CPU that an optional kernel package is missing."""
+    import logging
+
     import transformers
 
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
 
 
 @app.command()
@@ -78,7 +82,7 @@ def init(
         raise UserError(f"{outdir} exists and is not an empty directory; choose another path or pass --force")
     if dtype and dtype not in DTYPES:
         raise UserError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
-    quiet_transformers()
+    quiet_libraries()
     options = {} if tokens_per_frame is None else {"tokens_per_frame": tokens_per_frame}
     default_dtype = None if preset == "tiny" else DTYPES["bf16"]
     with stderr.status(f"building {preset}"):
@@ -124,7 +128,7 @@ def ask(
         seed=seed, system=system, time_instruction=time_instruction, json_output=json_output, stream=stream,
         verbose=verbose, chat=chat,
     )
-    quiet_transformers()
+    quiet_libraries()
     with stderr.status("starting") as status:
         session = prepare(video, settings, status=lambda text: status.update(text))
 
@@ -151,6 +155,46 @@ def ask(
         if verbose:
             for line in verbose_lines(session, answer):
                 stderr.print(line, highlight=False)
+
+
+@app.command()
+@user_errors
+def bench(
+    preset: Annotated[Optional[str], typer.Option(help="preset architecture, random weights (default: crosslmm-2b on CUDA, small on CPU)")] = None,
+    frames: Annotated[str, typer.Option(help="comma-separated frame counts (default: 32,64,128,256 on CUDA, 4,8,16,32 on CPU)")] = "",
+    quantize: Annotated[str, typer.Option(help="nf4 | none")] = "none",
+    dtype: Annotated[Optional[str], typer.Option(help="bf16 | fp16 | fp32 (default: bf16 on CUDA, fp32 on CPU)")] = None,
+    device: Annotated[Optional[str], typer.Option(help="cuda, cuda:N or cpu (default: cuda when present)")] = None,
+    text_tokens: Annotated[int, typer.Option(help="text tokens in the prompt around the video")] = 64,
+    runs: Annotated[int, typer.Option(help="timed prefills per point; the median is reported")] = 3,
+    warmup: Annotated[int, typer.Option(help="untimed prefills before timing")] = 1,
+    decode_tokens: Annotated[int, typer.Option(help="tokens decoded to measure decode speed")] = 16,
+    json_path: Annotated[Optional[Path], typer.Option("--json", help="write every figure to this JSON file")] = None,
+    plot: Annotated[Optional[Path], typer.Option(help="write a PNG like the paper's Figure 4")] = None,
+) -> None:
+    """Prefill latency, decode speed, peak memory and FLOPs of CrossLMM against the full-token
+    baseline (the same backbones fed the LLaVA-OneVision way), on random weights."""
+    from .bench import BenchSettings, plot as draw, run_bench
+    from .bench_table import bench_table
+
+    try:
+        counts = [int(f) for f in frames.split(",") if f.strip()]
+    except ValueError:
+        raise UserError(f"--frames takes comma-separated integers, got {frames!r}") from None
+    settings = BenchSettings(preset=preset, frames=counts, quantize=quantize, dtype=dtype, device=device,
+                             text_tokens=text_tokens, runs=runs, warmup=warmup, decode_tokens=decode_tokens)
+    quiet_libraries()
+    with stderr.status("starting") as status:
+        report = run_bench(settings, status=lambda text: status.update(text))
+    Console().print(bench_table(report))
+    if json_path is not None:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(report, indent=2))
+        stderr.print(f"wrote {json_path}")
+    if plot is not None:
+        plot.parent.mkdir(parents=True, exist_ok=True)
+        draw(report, plot)
+        stderr.print(f"wrote {plot}")
 
 
 def main() -> None:

@@ -2,11 +2,11 @@
 
 from transformers import AutoConfig, AutoModelForImageTextToText
 
-from .builders import build_preset, build_random, build_tiny, from_llava_onevision, from_parts, parameter_counts
+from .builders import build_preset, build_random, build_random_preset, build_tiny, from_llava_onevision, from_parts, parameter_counts
 from .configuration import CrossLMMConfig
 from .cross_attention import CrossAttention, CrossAttentionDecoderLayer, DualCrossAttention, TanhGate, VisualMemory
 from .generation import AnswerStream, SamplingSettings, generate_tokens, stream_answer
-from .loading import QUANTIZE_MODES, load_checkpoint, quantization_config, save_checkpoint
+from .loading import QUANTIZE_MODES, load_checkpoint, load_model, quantization_config, save_checkpoint
 from .modeling import CrossLMMForConditionalGeneration
 from .presets import PRESETS, Preset, get_preset
 from .processing import CrossLMMProcessor
@@ -30,12 +30,14 @@ __all__ = [
     "VisualMemory",
     "build_preset",
     "build_random",
+    "build_random_preset",
     "build_tiny",
     "from_llava_onevision",
     "from_parts",
     "generate_tokens",
     "get_preset",
     "load_checkpoint",
+    "load_model",
     "parameter_counts",
     "quantization_config",
     "save_checkpoint",

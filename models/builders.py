@@ -25,13 +25,19 @@ def build_random(config: CrossLMMConfig, seed: int = 0) -> CrossLMMForConditiona
     return CrossLMMForConditionalGeneration(config).eval()
 
 
-def build_tiny(seed: int = 0, **options) -> tuple[CrossLMMForConditionalGeneration, CrossLMMProcessor]:
-    """The ``tiny`` preset: random weights and the offline byte-level tokenizer."""
+def build_random_preset(name: str, seed: int = 0, **options) -> tuple[CrossLMMForConditionalGeneration, CrossLMMProcessor]:
+    """A random-weight preset (``tiny``, ``small``) with the offline byte-level tokenizer."""
     tokenizer = build_byte_tokenizer()
-    config = get_preset("tiny").reference_config(video_token_id=ensure_video_token(tokenizer), **options)
+    options["video_token_id"] = ensure_video_token(tokenizer)
+    config = get_preset(name).reference_config(**options)
     if len(tokenizer) > config.text_config.vocab_size:
-        raise ValueError(f"tiny tokenizer has {len(tokenizer)} tokens, the tiny LLM only {config.text_config.vocab_size}")
+        raise ValueError(f"the tokenizer has {len(tokenizer)} tokens, the {name} LLM only {config.text_config.vocab_size}")
     return build_random(config, seed), CrossLMMProcessor(tokenizer, config)
+
+
+def build_tiny(seed: int = 0, **options) -> tuple[CrossLMMForConditionalGeneration, CrossLMMProcessor]:
+    """The ``tiny`` preset: tests and smoke runs."""
+    return build_random_preset("tiny", seed, **options)
 
 
 INIT_TYPES = (CrossAttention, TanhGate, MultiModalProjector)
@@ -171,7 +177,7 @@ def build_preset(name: str, dtype: torch.dtype | None = None, **options):
     preset = get_preset(name)
     options = {**preset.options, **options}
     if preset.source == "random":
-        return build_tiny(**options)
+        return build_random_preset(name, **options)
     if preset.source == "llava_onevision":
         return from_llava_onevision(preset.llava_id, dtype=dtype, **options)
     options.pop("video_token_id", None)  # decided by the tokenizer

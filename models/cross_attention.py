@@ -66,14 +66,16 @@ class CrossAttention(nn.Module):
     ) -> torch.Tensor:
         """hidden (G, Q, D), key/value (G, kv_heads, M, hd), memory_mask (G, M) bool -> gated (G, Q, D)."""
         groups, length, width = hidden.shape
+        share = self.num_heads // self.num_kv_heads  # query heads per key/value head
         query = self.q_proj(self.query_norm(hidden))
-        query = query.view(groups, length, self.num_heads, self.head_dim).transpose(1, 2)  # (G, H, Q, hd)
+        # GQA without repeating keys/values: with no causal mask, the query heads that share a
+        # key/value head can be stacked along the query axis: (G, kvh, share·Q, hd)
+        query = query.view(groups, length, self.num_kv_heads, share, self.head_dim).permute(0, 2, 3, 1, 4)
+        query = query.reshape(groups, self.num_kv_heads, share * length, self.head_dim)
         mask = None if memory_mask is None else memory_mask[:, None, None, :]  # (G, 1, 1, M)
-        out = F.scaled_dot_product_attention(
-            query, key.to(query.dtype), value.to(query.dtype), attn_mask=mask,
-            enable_gqa=self.num_heads != self.num_kv_heads,
-        )  # (G, H, Q, hd)
-        out = out.transpose(1, 2).reshape(groups, length, self.num_heads * self.head_dim)
+        out = F.scaled_dot_product_attention(query, key.to(query.dtype), value.to(query.dtype), attn_mask=mask)
+        out = out.view(groups, self.num_kv_heads, share, length, self.head_dim).permute(0, 3, 1, 2, 4)
+        out = out.reshape(groups, length, self.num_heads * self.head_dim)  # heads in q_proj's order
         return self.gate(self.o_proj(out)).to(hidden.dtype)
 
 

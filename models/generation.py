@@ -79,6 +79,7 @@ def generate_tokens(
             visual_memory=memory,
             logits_to_keep=1,
         ).logits[:, -1]  # (B, V)
+        logits[:, model.config.video_token_id] = -torch.inf  # the placeholder is never an answer
         token = next_tokens(logits, settings, generator)
         token = torch.where(done, filler, token)
         yield token

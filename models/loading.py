@@ -43,14 +43,14 @@ def save_checkpoint(model: CrossLMMForConditionalGeneration, processor: CrossLMM
     processor.save_pretrained(path)
 
 
-def load_checkpoint(
+def load_model(
     path: str | os.PathLike,
     quantize: str = "none",
     device: str | torch.device = "cpu",
     dtype: torch.dtype | None = None,
     **config_overrides,
-) -> tuple[CrossLMMForConditionalGeneration, CrossLMMProcessor]:
-    """Load a checkpoint directory (or hub id) written by :func:`save_checkpoint`.
+) -> CrossLMMForConditionalGeneration:
+    """Load the model of a checkpoint directory (or hub id) written by :func:`save_checkpoint`.
 
     ``config_overrides`` replace config fields (e.g. ``tokens_per_frame``: pooling has no weights).
     Quantised models are placed with ``device_map`` (never moved afterwards). Only safetensors
@@ -67,4 +67,16 @@ def load_checkpoint(
         **config_overrides,
     )
     model.config.validate_crosslmm()
-    return model.eval(), CrossLMMProcessor.from_pretrained(path, config=model.config)
+    return model.eval()
+
+
+def load_checkpoint(
+    path: str | os.PathLike,
+    quantize: str = "none",
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype | None = None,
+    **config_overrides,
+) -> tuple[CrossLMMForConditionalGeneration, CrossLMMProcessor]:
+    """:func:`load_model` and the checkpoint's processor."""
+    model = load_model(path, quantize, device, dtype, **config_overrides)
+    return model, CrossLMMProcessor.from_pretrained(path, config=model.config)

@@ -53,6 +53,16 @@ TINY_TEXT = dict(
     vocab_size=272, max_position_embeddings=4096, tie_word_embeddings=False,
 )
 
+# <video> in the offline byte-level tokenizer (256 bytes, <|endoftext|>, <|im_end|>, <|im_start|>, <video>)
+BYTE_VIDEO_TOKEN_ID = 259
+
+SMALL_VISION = dict(hidden_size=256, intermediate_size=1024, num_hidden_layers=4, num_attention_heads=4,
+                    image_size=384, patch_size=14)
+SMALL_TEXT = dict(
+    hidden_size=512, intermediate_size=1536, num_hidden_layers=8, num_attention_heads=8, num_key_value_heads=2,
+    vocab_size=272, max_position_embeddings=131072, tie_word_embeddings=False,
+)
+
 PRESETS: dict[str, Preset] = {
     preset.name: preset
     for preset in [
@@ -62,7 +72,15 @@ PRESETS: dict[str, Preset] = {
             "random",
             TINY_VISION,
             TINY_TEXT,
-            dict(tokens_per_frame=4, cross_attn_every=2, frame_separator="video"),
+            dict(tokens_per_frame=4, cross_attn_every=2, frame_separator="video", video_token_id=BYTE_VIDEO_TOKEN_ID),
+        ),
+        Preset(
+            "small",
+            "random weights, the real token geometry (384 px, 27x27 patches) on narrow backbones: CPU benchmarks",
+            "random",
+            SMALL_VISION,
+            SMALL_TEXT,
+            dict(tokens_per_frame=9, cross_attn_every=4, frame_separator="video", video_token_id=BYTE_VIDEO_TOKEN_ID),
         ),
         Preset(
             "crosslmm-ov-0.5b",

@@ -102,3 +102,23 @@ def test_padding_frames_change_nothing(scope):
     length = alone["input_ids"].shape[1]
     torch.testing.assert_close(batched[0, :length], single[0], rtol=0, atol=1e-5)
     torch.testing.assert_close(noisy, batched, rtol=0, atol=0)
+
+
+def test_stacked_gqa_equals_repeated_key_value_heads():
+    from transformers import Qwen2Config
+
+    from models.cross_attention import CrossAttention
+
+    torch.manual_seed(0)
+    module = CrossAttention(Qwen2Config(hidden_size=64, num_attention_heads=8, num_key_value_heads=2))
+    module.gate.scale.data.fill_(1.0)
+    hidden, memory = torch.randn(3, 5, 64), torch.randn(3, 11, 64)
+    mask = torch.rand(3, 11) > 0.3
+    mask[:, 0] = True
+    key, value = module.project_memory(memory)
+    query = module.q_proj(module.query_norm(hidden)).view(3, 5, 8, 8).transpose(1, 2)
+    reference = torch.nn.functional.scaled_dot_product_attention(
+        query, key.repeat_interleave(4, 1), value.repeat_interleave(4, 1), attn_mask=mask[:, None, None, :]
+    )
+    reference = module.o_proj(reference.transpose(1, 2).reshape(3, 5, 64)) * torch.tanh(torch.tensor(1.0))
+    torch.testing.assert_close(module(hidden, key, value, mask), reference, rtol=1e-5, atol=1e-6)

@@ -1,0 +1,326 @@
+"""`crosslmm bench`: prefill latency, decode speed, memory and FLOPs of CrossLMM against the
+full-token baseline (the same backbones fed the LLaVA-OneVision way: 196 tokens per frame, no
+cross-attention), on random weights of a preset's real architecture (no download)."""
+
+from __future__ import annotations
+
+import math
+import platform
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from transformers import DynamicCache
+
+from models import PRESETS, CrossLMMForConditionalGeneration, SamplingSettings, generate_tokens
+from models.loading import load_model
+from models.flops import full_token_baseline, prefill_flops, prompt_layout
+
+from .errors import UserError
+from .model_source import DTYPES, pick_device
+
+SYSTEMS = ("crosslmm", "baseline")
+MEMORY_HEADROOM = 0.9  # plan to use at most this share of the free memory
+
+
+@dataclass
+class BenchSettings:
+    preset: str | None = None  # default: crosslmm-2b on CUDA, the scaled-down "small" on CPU
+    frames: list[int] = field(default_factory=list)  # default: 32,64,128,256 on CUDA, 4,8,16,32 on CPU
+    quantize: str = "none"  # nf4 | none
+    dtype: str | None = None  # bf16 | fp16 | fp32; bf16 on CUDA, fp32 on CPU
+    device: str | None = None
+    text_tokens: int = 64  # text tokens around the video in the prompt
+    runs: int = 3  # timed prefills per point (median reported)
+    warmup: int = 1
+    decode_tokens: int = 16
+
+    def __post_init__(self):
+        self.device = pick_device(self.device)
+        on_cuda = self.device.startswith("cuda")
+        self.preset = self.preset or ("crosslmm-2b" if on_cuda else "small")
+        if self.preset not in PRESETS:
+            raise UserError(f"unknown preset {self.preset!r}; run `crosslmm models` to list the presets")
+        self.frames = self.frames or ([32, 64, 128, 256] if on_cuda else [4, 8, 16, 32])
+        if any(f < 1 for f in self.frames):
+            raise UserError(f"--frames must be positive frame counts, got {self.frames}")
+        self.dtype = self.dtype or ("bf16" if on_cuda else "fp32")
+        if self.dtype not in DTYPES:
+            raise UserError(f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        if self.quantize not in ("nf4", "none"):
+            raise UserError(f"--quantize must be nf4 or none, got {self.quantize!r}")
+        if self.quantize == "nf4" and self.dtype == "fp32":
+            raise UserError("--quantize nf4 computes in bf16 or fp16; drop --dtype fp32")
+        if self.runs < 1 or self.warmup < 0 or self.decode_tokens < 1:
+            raise UserError("--runs and --decode-tokens must be >= 1 and --warmup >= 0")
+
+
+def system_config(preset: str, system: str):
+    config = PRESETS[preset].reference_config()
+    if system == "baseline":
+        config = full_token_baseline(config)
+        config.cross_attn_every = config.text_config.num_hidden_layers + 1  # no DCAL layers, no DCAL weights
+    return config
+
+
+def build_system(settings: BenchSettings, system: str) -> CrossLMMForConditionalGeneration:
+    """Random weights of the preset's architecture, on the device, in the dtype (NF4 through the
+    same save -> load path users take)."""
+    config = system_config(settings.preset, system)
+    dtype = DTYPES[settings.dtype]
+    if settings.quantize == "none":
+        with torch.device(settings.device):
+            model = CrossLMMForConditionalGeneration._from_config(config, dtype=dtype)
+        return model.eval()
+    with tempfile.TemporaryDirectory() as directory:
+        CrossLMMForConditionalGeneration._from_config(config, dtype=dtype).save_pretrained(directory)
+        return load_model(directory, quantize="nf4", device=settings.device, dtype=dtype)
+
+
+# ---- memory -------------------------------------------------------------------------------------
+class MemoryMeter:
+    """Peak memory of a block: the CUDA allocator on GPU; resident set size on CPU (Linux VmHWM,
+    reset through /proc/self/clear_refs)."""
+
+    def __init__(self, device: str):
+        self.device = torch.device(device)
+
+    def current_mb(self) -> float:
+        if self.device.type == "cuda":
+            return torch.cuda.memory_allocated(self.device) / 2**20
+        return _proc_status("VmRSS") / 1024
+
+    def reset_peak(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+        else:
+            Path("/proc/self/clear_refs").write_text("5")
+
+    def peak_mb(self) -> float:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            return torch.cuda.max_memory_allocated(self.device) / 2**20
+        return _proc_status("VmHWM") / 1024
+
+    def free_mb(self) -> float:
+        if self.device.type == "cuda":
+            return torch.cuda.mem_get_info(self.device)[0] / 2**20
+        return _proc_meminfo("MemAvailable") / 1024
+
+
+def _proc_status(key: str) -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return float(line.split()[1])  # kB
+    raise RuntimeError(f"{key} not in /proc/self/status")
+
+
+def _proc_meminfo(key: str) -> float:
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return float(line.split()[1])
+    raise RuntimeError(f"{key} not in /proc/meminfo")
+
+
+# ---- one system, one frame count ----------------------------------------------------------------
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def prompt_inputs(model, num_frames: int, text_tokens: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    config = model.config
+    length, text_mask, _ = prompt_layout(config, num_frames, text_tokens)
+    generator = torch.Generator().manual_seed(num_frames)
+    input_ids = torch.randint(0, 256, (1, length), generator=generator)
+    input_ids[~text_mask] = config.video_token_id
+    size = config.vision_config.image_size
+    pixels = torch.randn(1, num_frames, 3, size, size, generator=generator)
+    dtype = model.multi_modal_projector.linear_1.weight.dtype
+    return input_ids.to(device), pixels.to(device=device, dtype=dtype)
+
+
+@torch.inference_mode()
+def prefill(model, input_ids: torch.Tensor, pixels: torch.Tensor):
+    """Vision tower + projector + pooling + LLM prefill (last position's logits)."""
+    memory = model.encode_video(pixels, cache_kv=True)
+    cache = DynamicCache(config=model.config.text_config)
+    logits = model(input_ids=input_ids, visual_memory=memory, past_key_values=cache, use_cache=True,
+                   logits_to_keep=1).logits
+    return memory, cache, logits
+
+
+def measure(model, num_frames: int, settings: BenchSettings, meter: MemoryMeter) -> dict:
+    device = torch.device(settings.device)
+    input_ids, pixels = prompt_inputs(model, num_frames, settings.text_tokens, device)
+    for _ in range(settings.warmup):
+        prefill(model, input_ids, pixels)
+    times = []
+    for _ in range(settings.runs):
+        synchronize(device)
+        began = time.perf_counter()
+        outputs = prefill(model, input_ids, pixels)
+        synchronize(device)
+        times.append((time.perf_counter() - began) * 1000)
+        del outputs
+    # one generation: its peak memory (prefill dominates) and its decode speed after the first token
+    baseline_mb = meter.current_mb()
+    meter.reset_peak()
+    memory = model.encode_video(pixels)
+    stamps = []
+    tokens = generate_tokens(model, input_ids, torch.ones_like(input_ids), memory,
+                             SamplingSettings(max_new_tokens=settings.decode_tokens + 1), eos_token_ids=set())
+    for _ in tokens:
+        synchronize(device)
+        stamps.append(time.perf_counter())
+    peak = meter.peak_mb()
+    del memory
+    tokens_per_s = (len(stamps) - 1) / (stamps[-1] - stamps[0])
+    return {
+        "prefill_ms": round(statistics.median(times), 2),
+        "prefill_ms_runs": [round(t, 2) for t in times],
+        "decode_tokens_per_s": round(tokens_per_s, 2),
+        "peak_memory_mb": round(peak, 1),
+        "activation_memory_mb": round(max(0.0, peak - baseline_mb), 1),
+        "llm_positions": int(input_ids.shape[1]),
+    }
+
+
+def activation_budget(model, settings: BenchSettings, meter: MemoryMeter, probe_frames: tuple[int, int]) -> tuple[float, float]:
+    """Activation memory (MB) as a + b·frames, fitted on two small prefills."""
+    device = torch.device(settings.device)
+    points = []
+    for frames in probe_frames:
+        input_ids, pixels = prompt_inputs(model, frames, settings.text_tokens, device)
+        prefill(model, input_ids, pixels)  # warm the allocator
+        before = meter.current_mb()
+        meter.reset_peak()
+        outputs = prefill(model, input_ids, pixels)
+        points.append(max(0.0, meter.peak_mb() - before))
+        del outputs
+    (f1, m1), (f2, m2) = zip(probe_frames, points)
+    slope = max((m2 - m1) / (f2 - f1), 1e-3)
+    return m1 - slope * f1, slope
+
+
+def check_fits(system: str, fit: tuple[float, float], frames: list[int], free_mb: float, device: str) -> None:
+    intercept, slope = fit
+    budget = free_mb * MEMORY_HEADROOM
+    largest = max(0, math.floor((budget - intercept) / slope))
+    too_big = [f for f in frames if intercept + slope * f > budget]
+    if too_big:
+        need = intercept + slope * max(too_big)
+        raise UserError(
+            f"--frames {max(too_big)} would need about {need / 1024:.1f} GB of activations for {system} on {device} "
+            f"({free_mb / 1024:.1f} GB free); the largest frame count that fits is {largest}"
+        )
+
+
+# ---- the whole run ------------------------------------------------------------------------------
+def run_bench(settings: BenchSettings, status: Callable[[str], None] = lambda _: None) -> dict:
+    meter = MemoryMeter(settings.device)
+    results = []
+    for system in SYSTEMS:
+        status(f"building {system} ({settings.preset}, random weights)")
+        model = build_system(settings, system)
+        status(f"{system}: checking memory")
+        fit = activation_budget(model, settings, meter, (1, 2))
+        check_fits(system, fit, settings.frames, meter.free_mb(), settings.device)
+        config = system_config(settings.preset, system)
+        for frames in settings.frames:
+            status(f"{system}: {frames} frames")
+            row = {"system": system, "frames": frames, **measure(model, frames, settings, meter)}
+            flops = prefill_flops(config, frames, settings.text_tokens)
+            row["tflops"] = flops["total"] / 1e12
+            row["tflops_breakdown"] = {k: v / 1e12 for k, v in flops.items() if k != "total"}
+            row["tokens_per_frame"] = config.tokens_per_frame
+            results.append(row)
+        del model
+        if settings.device.startswith("cuda"):
+            torch.cuda.empty_cache()
+    return {
+        "preset": settings.preset,
+        "device": describe_device(settings.device),
+        "dtype": settings.dtype,
+        "quantize": settings.quantize,
+        "text_tokens": settings.text_tokens,
+        "runs": settings.runs,
+        "versions": versions(),
+        "results": results,
+        "scaling": scaling(results),
+    }
+
+
+def scaling(results: list[dict]) -> dict:
+    """Least-squares slope per added frame of prefill time and activation memory, with R²."""
+    summary = {}
+    for system in SYSTEMS:
+        rows = [r for r in results if r["system"] == system]
+        if len(rows) < 2:
+            continue
+        summary[system] = {
+            "prefill_ms_per_frame": _fit([r["frames"] for r in rows], [r["prefill_ms"] for r in rows]),
+            "activation_mb_per_frame": _fit([r["frames"] for r in rows], [r["activation_memory_mb"] for r in rows]),
+        }
+    return summary
+
+
+def _fit(xs: list[float], ys: list[float]) -> dict:
+    mean_x, mean_y = statistics.fmean(xs), statistics.fmean(ys)
+    sxx = sum((x - mean_x) ** 2 for x in xs)
+    slope = sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, ys)) / sxx
+    residual = sum((y - (mean_y + slope * (x - mean_x))) ** 2 for x, y in zip(xs, ys))
+    total = sum((y - mean_y) ** 2 for y in ys)
+    return {"slope": round(slope, 4), "r2": round(1 - residual / total, 4) if total > 0 else 1.0}
+
+
+def describe_device(device: str) -> str:
+    if device.startswith("cuda"):
+        return torch.cuda.get_device_name(torch.device(device))
+    import os
+
+    return f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+
+
+def versions() -> dict:
+    import transformers
+
+    found = {"torch": torch.__version__, "transformers": transformers.__version__, "python": platform.python_version()}
+    try:
+        import bitsandbytes
+
+        found["bitsandbytes"] = bitsandbytes.__version__
+    except ImportError:
+        pass
+    if torch.cuda.is_available():
+        found["cuda"] = torch.version.cuda
+    return found
+
+
+def plot(report: dict, path: Path) -> None:
+    """A PNG mirroring the paper's Figure 4: memory, TFLOPs and prefill time against frames."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [("activation_memory_mb", "activation memory (MB)"), ("tflops", "prefill TFLOPs"), ("prefill_ms", "prefill (ms)")]
+    figure, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    labels = {"crosslmm": "CrossLMM", "baseline": "full-token baseline (LLaVA-OV style)"}
+    for axis, (key, title) in zip(axes, panels):
+        for system, marker in zip(SYSTEMS, ("o", "s")):
+            rows = [r for r in report["results"] if r["system"] == system]
+            axis.plot([r["frames"] for r in rows], [r[key] for r in rows], marker=marker, label=labels[system])
+        axis.set_title(title)
+        axis.set_xlabel("frames")
+        axis.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    figure.suptitle(f"{report['preset']} on {report['device']} ({report['dtype']}, quantize {report['quantize']})")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
