@@ -171,6 +171,7 @@ def bench(
     decode_tokens: Annotated[int, typer.Option(help="tokens decoded to measure decode speed")] = 16,
     json_path: Annotated[Optional[Path], typer.Option("--json", help="write every figure to this JSON file")] = None,
     plot: Annotated[Optional[Path], typer.Option(help="write a PNG like the paper's Figure 4")] = None,
+    flops_only: Annotated[bool, typer.Option(help="only count FLOPs (meta device: any preset, any machine, seconds)")] = False,
 ) -> None:
     """Prefill latency, decode speed, peak memory and FLOPs of CrossLMM against the full-token
     baseline (the same backbones fed the LLaVA-OneVision way), on random weights."""
@@ -182,7 +183,8 @@ def bench(
     except ValueError:
         raise UserError(f"--frames takes comma-separated integers, got {frames!r}") from None
     settings = BenchSettings(preset=preset, frames=counts, quantize=quantize, dtype=dtype, device=device,
-                             text_tokens=text_tokens, runs=runs, warmup=warmup, decode_tokens=decode_tokens)
+                             text_tokens=text_tokens, runs=runs, warmup=warmup, decode_tokens=decode_tokens,
+                             flops_only=flops_only)
     quiet_libraries()
     with stderr.status("starting") as status:
         report = run_bench(settings, status=lambda text: status.update(text))

@@ -24,6 +24,7 @@ from .errors import UserError
 from .model_source import DTYPES, pick_device
 
 SYSTEMS = ("crosslmm", "baseline")
+MEASURED = ("prefill_ms", "prefill_ms_runs", "decode_tokens_per_s", "peak_memory_mb", "activation_memory_mb")
 MEMORY_HEADROOM = 0.9  # plan to use at most this share of the free memory
 
 
@@ -38,6 +39,7 @@ class BenchSettings:
     runs: int = 3  # timed prefills per point (median reported)
     warmup: int = 1
     decode_tokens: int = 16
+    flops_only: bool = False  # count FLOPs on the meta device only: no weights, no timing
 
     def __post_init__(self):
         self.device = pick_device(self.device)
@@ -171,7 +173,8 @@ def measure(model, num_frames: int, settings: BenchSettings, meter: MemoryMeter)
     # one generation: its peak memory (prefill dominates) and its decode speed after the first token
     baseline_mb = meter.current_mb()
     meter.reset_peak()
-    memory = model.encode_video(pixels)
+    with torch.inference_mode():
+        memory = model.encode_video(pixels)
     stamps = []
     tokens = generate_tokens(model, input_ids, torch.ones_like(input_ids), memory,
                              SamplingSettings(max_new_tokens=settings.decode_tokens + 1), eos_token_ids=set())
@@ -226,15 +229,22 @@ def run_bench(settings: BenchSettings, status: Callable[[str], None] = lambda _:
     meter = MemoryMeter(settings.device)
     results = []
     for system in SYSTEMS:
-        status(f"building {system} ({settings.preset}, random weights)")
-        model = build_system(settings, system)
-        status(f"{system}: checking memory")
-        fit = activation_budget(model, settings, meter, (1, 2))
-        check_fits(system, fit, settings.frames, meter.free_mb(), settings.device)
         config = system_config(settings.preset, system)
+        model = None
+        if not settings.flops_only:
+            status(f"building {system} ({settings.preset}, random weights)")
+            model = build_system(settings, system)
+            status(f"{system}: checking memory")
+            fit = activation_budget(model, settings, meter, (1, 2))
+            check_fits(system, fit, settings.frames, meter.free_mb(), settings.device)
         for frames in settings.frames:
             status(f"{system}: {frames} frames")
-            row = {"system": system, "frames": frames, **measure(model, frames, settings, meter)}
+            row = {"system": system, "frames": frames}
+            if model is not None:
+                row.update(measure(model, frames, settings, meter))
+            else:
+                length, _, _ = prompt_layout(config, frames, settings.text_tokens)
+                row.update(dict.fromkeys(MEASURED), llm_positions=length)
             flops = prefill_flops(config, frames, settings.text_tokens)
             row["tflops"] = flops["total"] / 1e12
             row["tflops_breakdown"] = {k: v / 1e12 for k, v in flops.items() if k != "total"}
@@ -245,11 +255,11 @@ def run_bench(settings: BenchSettings, status: Callable[[str], None] = lambda _:
             torch.cuda.empty_cache()
     return {
         "preset": settings.preset,
-        "device": describe_device(settings.device),
+        "device": "meta device (FLOPs only)" if settings.flops_only else describe_device(settings.device),
         "dtype": settings.dtype,
         "quantize": settings.quantize,
         "text_tokens": settings.text_tokens,
-        "runs": settings.runs,
+        "runs": 0 if settings.flops_only else settings.runs,
         "versions": versions(),
         "results": results,
         "scaling": scaling(results),
@@ -261,7 +271,7 @@ def scaling(results: list[dict]) -> dict:
     summary = {}
     for system in SYSTEMS:
         rows = [r for r in results if r["system"] == system]
-        if len(rows) < 2:
+        if len(rows) < 2 or rows[0]["prefill_ms"] is None:
             continue
         summary[system] = {
             "prefill_ms_per_frame": _fit([r["frames"] for r in rows], [r["prefill_ms"] for r in rows]),
@@ -314,7 +324,7 @@ def plot(report: dict, path: Path) -> None:
     labels = {"crosslmm": "CrossLMM", "baseline": "full-token baseline (LLaVA-OV style)"}
     for axis, (key, title) in zip(axes, panels):
         for system, marker in zip(SYSTEMS, ("o", "s")):
-            rows = [r for r in report["results"] if r["system"] == system]
+            rows = [r for r in report["results"] if r["system"] == system and r[key] is not None]
             axis.plot([r["frames"] for r in rows], [r[key] for r in rows], marker=marker, label=labels[system])
         axis.set_title(title)
         axis.set_xlabel("frames")

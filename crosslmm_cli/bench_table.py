@@ -11,11 +11,15 @@ def bench_table(report: dict) -> Table:
                "proj.", "LLM", "DCAL"]
     for column in columns:
         table.add_column(column, justify="left" if column == "system" else "right")
+    def number(value, spec: str) -> str:
+        return "-" if value is None else format(value, spec)
+
     for row in report["results"]:
         parts = row["tflops_breakdown"]
         table.add_row(
-            row["system"], str(row["frames"]), str(row["llm_positions"]), f"{row['prefill_ms']:,.1f}",
-            f"{row['decode_tokens_per_s']:,.1f}", f"{row['peak_memory_mb']:,.0f}", f"{row['activation_memory_mb']:,.0f}",
+            row["system"], str(row["frames"]), str(row["llm_positions"]), number(row["prefill_ms"], ",.1f"),
+            number(row["decode_tokens_per_s"], ",.1f"), number(row["peak_memory_mb"], ",.0f"),
+            number(row["activation_memory_mb"], ",.0f"),
             f"{row['tflops']:,.3g}", *(f"{parts[k]:,.3g}" for k in ("vision", "projector", "llm", "dcal")),
         )
     slopes = [f"{system}: {fit['prefill_ms_per_frame']['slope']:.2f} ms and "

@@ -13,6 +13,15 @@ from crosslmm_cli.synthetic_video import ffmpeg_exe, index_frames, write_video
 
 FPS = 25
 KEYFRAME_INTERVAL = 10  # frames
+# each broken file of the `videos` fixture and the words its error must contain
+BAD_VIDEOS = [
+    ("missing", "no such file"),
+    ("directory", "is a directory"),
+    ("empty", "empty (0 bytes)"),
+    ("text", "not a readable video"),
+    ("truncated", "not a readable video"),
+    ("audio", "no video stream"),
+]
 # variable frame rate: 25 fps for 30 frames, then about 8 fps
 VFR_SETPTS = "if(lt(N,30),N*0.04,1.2+(N-30)*0.12)"
 

@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 from crosslmm_cli.app import app
 from crosslmm_cli.ask import AskSettings, prepare
 from models import CrossLMMConfig, CrossLMMForConditionalGeneration
+from tests.cli.conftest import BAD_VIDEOS
 
 runner = CliRunner()
 
@@ -95,17 +96,7 @@ def test_quantised_on_cpu_works(videos, tiny_checkpoint):
     assert json.loads(result.stdout)["quantize"] == "nf4"
 
 
-@pytest.mark.parametrize(
-    "kind,message",
-    [
-        ("missing", "no such file"),
-        ("directory", "is a directory"),
-        ("empty", "empty (0 bytes)"),
-        ("text", "not a readable video"),
-        ("truncated", "not a readable video"),
-        ("audio", "no video stream"),
-    ],
-)
+@pytest.mark.parametrize("kind,message", BAD_VIDEOS)
 def test_bad_videos_get_one_line(videos, tiny_checkpoint, kind, message):
     result = ask(str(videos[kind]), "q", "--model", str(tiny_checkpoint))
     assert result.exit_code == 1

@@ -72,3 +72,13 @@ def test_bench_bad_flags(flags, message):
 def test_linear_fit():
     fit = bench_module._fit([1, 2, 3, 4], [3, 5, 7, 9])
     assert fit == {"slope": 2.0, "r2": 1.0}
+
+
+def test_flops_only_needs_no_weights(tmp_path):
+    report_path = tmp_path / "flops.json"
+    result = runner.invoke(app, ["bench", "--preset", "crosslmm-2b", "--frames", "256", "--flops-only",
+                                 "--json", str(report_path)])
+    assert result.exit_code == 0, result.output
+    rows = {r["system"]: r for r in json.loads(report_path.read_text())["results"]}
+    assert rows["crosslmm"]["tflops"] <= 0.25 * rows["baseline"]["tflops"]
+    assert rows["crosslmm"]["prefill_ms"] is None and rows["baseline"]["llm_positions"] == 64 + 256 * 196 + 1

@@ -12,7 +12,7 @@ from crosslmm_cli import video as video_module
 from crosslmm_cli.errors import UserError
 from crosslmm_cli.synthetic_video import read_index
 from crosslmm_cli.video import SamplingRequest, packet_times, probe, read_frames
-from tests.cli.conftest import FPS, KEYFRAME_INTERVAL
+from tests.cli.conftest import BAD_VIDEOS, FPS, KEYFRAME_INTERVAL
 
 
 def decoded_indices(frames) -> list[int]:
@@ -140,17 +140,7 @@ def test_ffmpeg_decodes_what_opencv_cannot(videos, monkeypatch):
     assert decoded_indices(frames) == [int(t * FPS) for t in frames.requested] == frames.indices
 
 
-@pytest.mark.parametrize(
-    "kind,message",
-    [
-        ("missing", "no such file"),
-        ("directory", "is a directory"),
-        ("empty", "empty (0 bytes)"),
-        ("text", "not a readable video"),
-        ("truncated", "not a readable video"),
-        ("audio", "no video stream"),
-    ],
-)
+@pytest.mark.parametrize("kind,message", BAD_VIDEOS)
 def test_bad_files_are_user_errors(videos, kind, message):
     with pytest.raises(UserError, match=re.escape(message)):
         read_frames(videos[kind], SamplingRequest(num_frames=4))
