@@ -47,10 +47,12 @@ def quiet_libraries() -> None:
     bitsandbytes warns on CPU that an optional kernel package is missing."""
     import logging
 
+    import huggingface_hub
     import transformers
 
     transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.disable_progress_bar()  # this also silences the hub's download bars:
+    huggingface_hub.utils.enable_progress_bars()  # a first run's download shows its progress
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
 
 

@@ -155,3 +155,12 @@ def test_unreachable_hub_is_one_line(videos, monkeypatch):
 def test_a_directory_that_is_not_a_checkpoint(videos, tmp_path):
     result = ask(str(videos["mp4"]), "q", "--model", str(tmp_path))
     assert result.exit_code == 1 and "not a crosslmm checkpoint" in result.output
+
+
+def test_a_preset_name_is_built_once_into_the_cache(videos, tmp_path, monkeypatch):
+    monkeypatch.setenv("CROSSLMM_HOME", str(tmp_path))
+    for _ in range(2):
+        result = ask(str(videos["mp4"]), "q", "--model", "tiny", "--max-new-tokens", "2", "--frames", "2")
+        assert result.exit_code == 0, result.output
+    assert (tmp_path / "tiny" / "model.safetensors").is_file()
+    assert not (tmp_path / "tiny.partial").exists()
