@@ -44,6 +44,7 @@ class AskSettings:
     verbose: bool = False
     chat: bool = False
     sampling: SamplingSettings = field(init=False)
+    request: SamplingRequest = field(init=False)
 
     def __post_init__(self):
         if self.chat and self.json_output:

@@ -10,14 +10,11 @@ import subprocess
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-import imageio_ffmpeg
 import numpy as np
 
+from .video import ffmpeg_exe
+
 INDEX_BITS = 16
-
-
-def ffmpeg_exe() -> str:
-    return imageio_ffmpeg.get_ffmpeg_exe()
 
 
 def index_frame(index: int, height: int = 128, width: int = 128) -> np.ndarray:

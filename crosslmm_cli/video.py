@@ -27,11 +27,16 @@ from pathlib import Path
 
 import cv2
 import ffmpeg
+import imageio_ffmpeg
 import numpy as np
 
 from . import mp4_index
 from .errors import UserError
-from .synthetic_video import ffmpeg_exe
+
+
+def ffmpeg_exe() -> str:
+    """The ffmpeg binary shipped in the imageio-ffmpeg wheel: `pip install` alone sets a machine up."""
+    return imageio_ffmpeg.get_ffmpeg_exe()
 
 
 @dataclass

@@ -164,3 +164,16 @@ def test_a_preset_name_is_built_once_into_the_cache(videos, tmp_path, monkeypatc
         assert result.exit_code == 0, result.output
     assert (tmp_path / "tiny" / "model.safetensors").is_file()
     assert not (tmp_path / "tiny.partial").exists()
+
+
+def test_ctrl_c_stops_cleanly(videos, tiny_checkpoint, monkeypatch):
+    from crosslmm_cli.ask import VideoChat
+
+    def interrupted(self, question, on_piece=None):
+        on_piece("partial ")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(VideoChat, "ask", interrupted)
+    result = ask(str(videos["mp4"]), "q", "--model", str(tiny_checkpoint), "--frames", "2")
+    assert result.exit_code == 130
+    assert "interrupted" in result.output and "Traceback" not in result.output
