@@ -11,6 +11,15 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 from .errors import UserError
 
@@ -157,6 +166,45 @@ def ask(
         if verbose:
             for line in verbose_lines(session, answer):
                 stderr.print(line, highlight=False)
+
+
+@app.command("eval")
+@user_errors
+def evaluate(
+    benchmark: Annotated[str, typer.Argument(help="videomme | videomme_w_subtitle | mvbench | jsonl")],
+    data_dir: Annotated[Path, typer.Option(help="the benchmark's official local files")],
+    output: Annotated[Path, typer.Option(help="folder for results.json and samples_<task>.jsonl")] = Path("runs"),
+    model: Annotated[str, typer.Option(help="preset name, checkpoint directory or hub id")] = "crosslmm-ov-0.5b",
+    frames: Annotated[int, typer.Option(help="frames sampled per video")] = 32,
+    tokens_per_frame: Annotated[Optional[int], typer.Option(help="pooled tokens per frame")] = None,
+    quantize: Annotated[Optional[str], typer.Option(help="nf4 | int8 | none (default: nf4 on CUDA, none on CPU)")] = None,
+    device: Annotated[Optional[str], typer.Option(help="cuda, cuda:N or cpu")] = None,
+    limit: Annotated[Optional[int], typer.Option(help="only the first N questions (smoke runs)")] = None,
+    parser: Annotated[str, typer.Option(help="answer extraction: lmms-eval (current) | official (Video-MME's own)")] = "lmms-eval",
+    responses: Annotated[Optional[Path], typer.Option(help="score this samples file instead of running a model")] = None,
+) -> None:
+    """Score a model on a video benchmark from its official local files, as lmms-eval scores it.
+    Rerunning the same command resumes; under torchrun / accelerate launch the work is sharded."""
+    from .evaluation.report import results_tables
+    from .evaluation.runner import EvalSettings, evaluate as run
+
+    settings = EvalSettings(task=benchmark, data_dir=data_dir, output=output, model=model, frames=frames,
+                            tokens_per_frame=tokens_per_frame, quantize=quantize, device=device, limit=limit,
+                            parser=parser, responses=responses)
+    quiet_libraries()
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), TimeRemainingColumn(), console=stderr, transient=True) as bar:
+        def progress(total: int):
+            handle = bar.add_task(f"{benchmark}", total=total)
+            return lambda: bar.advance(handle)
+
+        report = run(settings, progress=progress)
+    if report is None:  # a rank other than 0
+        return
+    console = Console()
+    for table in results_tables(report):
+        console.print(table)
+    stderr.print(f"wrote {settings.output / 'results.json'}")
 
 
 @app.command()

@@ -130,6 +130,15 @@ class VideoChat:
             text, int(inputs["input_ids"].shape[1]), len(stream.token_ids), first_token_at - began, ended - first_token_at
         )
 
+    def ask_alone(self, question: str) -> Answer:
+        """Answer ``question`` as the first question about the video, outside the conversation."""
+        conversation = self.messages
+        self.messages = [m for m in conversation if m["role"] == "system"]
+        try:
+            return self.ask(question)
+        finally:
+            self.messages = conversation
+
     def _inputs(self) -> dict[str, torch.Tensor]:
         prompt = self.processor.render_messages(self.messages, add_generation_prompt=True)
         prompt = self.processor.expand_video_placeholder(prompt, len(self.frames.timestamps))
@@ -145,12 +154,10 @@ def peak_gpu_memory_mb(device: torch.device) -> float | None:
     return torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
 
 
-def prepare(video: Path, settings: AskSettings, status: Callable[[str], None] = lambda _: None) -> VideoChat:
-    """Validate the flags, decode the video (before any weight is loaded), load the model, encode."""
+def prepare_model(settings: AskSettings, status: Callable[[str], None] = lambda _: None):
+    """Load the model the settings name on the device they pick: (model, processor, quantize)."""
     device = pick_device(settings.device)
     quantize = settings.quantize or ("nf4" if device.startswith("cuda") else "none")
-    status("decoding video")
-    info, frames = read_frames(video, settings.request)
     status(f"loading {settings.model}")
     model, processor = open_model(
         settings.model, device=device, quantize=quantize,
@@ -159,6 +166,15 @@ def prepare(video: Path, settings: AskSettings, status: Callable[[str], None] = 
     )
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats(device)
+    return model, processor, quantize
+
+
+def prepare(video: Path, settings: AskSettings, status: Callable[[str], None] = lambda _: None) -> VideoChat:
+    """Validate the flags, decode the video (before any weight is loaded), load the model, encode."""
+    pick_device(settings.device)
+    status("decoding video")
+    info, frames = read_frames(video, settings.request)
+    model, processor, quantize = prepare_model(settings, status)
     status("encoding video")
     return VideoChat(model, processor, info, frames, settings, quantize)
 

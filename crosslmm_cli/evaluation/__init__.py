@@ -1,0 +1,1 @@
+"""`crosslmm eval`: benchmark readers, lmms-eval's prompts and scoring, and the resumable runner."""

@@ -1,0 +1,249 @@
+"""The resumable evaluation run, in lmms-eval's output layout.
+
+Samples are appended to ``samples_<task>.jsonl`` as they finish (an interrupt loses at most the
+sample in flight; rerunning skips what is there). Questions sharing a video share one decode and one
+vision encode. Under ``torchrun`` / ``accelerate launch`` (gloo or nccl), videos are sharded across
+ranks, each rank appends to its own file, and rank 0 merges them into the same files a single
+process writes.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import statistics
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..errors import UserError
+from .tasks import LMMS_EVAL_VERSION, TASKS, Doc, Task
+
+
+@dataclass
+class EvalSettings:
+    task: str
+    data_dir: Path
+    output: Path
+    model: str = "crosslmm-ov-0.5b"
+    frames: int = 32
+    tokens_per_frame: int | None = None
+    quantize: str | None = None
+    device: str | None = None
+    limit: int | None = None  # evaluate only the first N questions
+    parser: str = "lmms-eval"  # answer extraction: "lmms-eval" (current) or "official" (Video-MME's own)
+    responses: Path | None = None  # score this samples file instead of running a model
+
+    def __post_init__(self):
+        if self.task not in TASKS:
+            raise UserError(f"unknown benchmark {self.task!r}; choose one of {', '.join(TASKS)}")
+        if self.parser not in TASKS[self.task].parsers:
+            raise UserError(f"--parser {self.parser} does not apply to {self.task}; it has {', '.join(TASKS[self.task].parsers)}")
+        if not self.data_dir.is_dir():
+            raise UserError(f"--data-dir {self.data_dir} is not a folder; point it at the benchmark's files")
+        if self.limit is not None and self.limit < 1:
+            raise UserError(f"--limit must be >= 1, got {self.limit}")
+        if self.responses is not None and not self.responses.is_file():
+            raise UserError(f"--responses {self.responses}: no such file")
+
+
+# ---- distributed ------------------------------------------------------------------------------------
+def distributed() -> tuple[int, int]:
+    """(rank, world size); joins the process group torchrun / accelerate set up in the environment."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return 0, 1
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend=backend, timeout=datetime.timedelta(hours=4))
+    return dist.get_rank(), dist.get_world_size()
+
+
+def barrier(world: int) -> None:
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+# ---- samples files ----------------------------------------------------------------------------------
+def read_samples(path: Path) -> list[dict]:
+    """The complete lines of a samples file (a line cut by an interrupt is dropped)."""
+    if not path.exists():
+        return []
+    samples = []
+    for line in path.read_text().splitlines():
+        try:
+            samples.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return samples
+
+
+def append_sample(path: Path, sample: dict) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(sample, ensure_ascii=False) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def samples_path(output: Path, task: str, rank: int | None = None) -> Path:
+    return output / (f"samples_{task}.jsonl" if rank is None else f"samples_{task}.rank{rank}.jsonl")
+
+
+# ---- running ------------------------------------------------------------------------------------
+def by_video(docs: Iterable[Doc]) -> list[list[Doc]]:
+    groups: dict[str, list[Doc]] = {}
+    for doc in docs:
+        groups.setdefault(str(doc.video), []).append(doc)
+    return list(groups.values())
+
+
+def sample_record(task: Task, doc: Doc, prompt: str, response: str, parser: str) -> dict:
+    """One line of the samples file, with lmms-eval's fields."""
+    return {
+        "doc_id": doc.doc_id,
+        "task": doc.task,
+        "doc": doc.data,
+        "target": task.target(doc),
+        "input": prompt,
+        "resps": [[response]],
+        "filtered_resps": [response],
+        task.metric: task.process(doc, response, parser),
+    }
+
+
+def run_model(settings: EvalSettings, task: Task, docs: list[Doc], path: Path,
+              on_sample: Callable[[], None] = lambda: None) -> dict:
+    """Answer ``docs``, appending each sample to ``path`` as it finishes; efficiency figures of the run."""
+    from ..ask import AskSettings, VideoChat, prepare_model
+    from ..video import read_frames
+
+    if not docs:
+        return {}
+    ask_settings = AskSettings(model=settings.model, frames=settings.frames, tokens_per_frame=settings.tokens_per_frame,
+                               quantize=settings.quantize, device=settings.device, max_new_tokens=task.max_new_tokens)
+    model, processor, quantize = prepare_model(ask_settings)
+    prefill_seconds, decode_seconds = [], []
+    for group in by_video(docs):
+        try:
+            info, frames = read_frames(group[0].video, ask_settings.request)
+        except UserError as error:
+            for doc in group:  # recorded, counted, reported; the run goes on
+                append_sample(path, {"doc_id": doc.doc_id, "task": doc.task, "doc": doc.data, "missing_video": str(doc.video),
+                                     "error": str(error)})
+                on_sample()
+            continue
+        decode_seconds.append(frames.seconds)
+        session = VideoChat(model, processor, info, frames, ask_settings, quantize)
+        for doc in group:
+            prompt = task.prompt(doc)
+            answer = session.ask_alone(prompt)
+            prefill_seconds.append(answer.time_to_first_token)
+            append_sample(path, sample_record(task, doc, prompt, answer.text, settings.parser))
+            on_sample()
+    device = session_device(model)
+    return {
+        "mean_prefill_s": round(statistics.fmean(prefill_seconds), 4) if prefill_seconds else None,
+        "mean_decode_video_s": round(statistics.fmean(decode_seconds), 4) if decode_seconds else None,
+        "peak_gpu_memory_mb": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None,
+        "visual_tokens_per_frame": model.config.tokens_per_frame,
+        "frames": settings.frames,
+        "quantize": quantize,
+    }
+
+
+def session_device(model) -> torch.device:
+    return model.get_input_embeddings().weight.device
+
+
+# ---- scoring ------------------------------------------------------------------------------------
+def score(task: Task, docs: list[Doc], samples: list[dict], parser: str) -> tuple[dict, list[dict]]:
+    """Re-score every answered sample with ``parser``; lmms-eval's results for the task (and each
+    subtask of a group) and the samples, sorted by doc_id."""
+    by_id = {doc.doc_id: doc for doc in docs}
+    scored, missing = [], []
+    for sample in sorted(samples, key=lambda s: s["doc_id"]):
+        if "missing_video" in sample:
+            missing.append(sample)
+            continue
+        doc = by_id.get(sample["doc_id"])
+        if doc is None:
+            raise UserError(f"the samples name doc_id {sample['doc_id']}, which the benchmark folder does not have")
+        response = sample["filtered_resps"][0]
+        scored.append({**sample, task.metric: task.process(doc, response, parser)})
+    results = {}
+    names = task.subtasks or [task.name]
+    for name in names:
+        members = [s[task.metric] for s in scored if s["task"] == name or not task.subtasks]
+        if members:
+            results[name] = {"alias": name, f"{task.metric},none": task.aggregate(members), "samples": len(members)}
+    if task.subtasks:
+        values = [r[f"{task.metric},none"] for r in results.values()]
+        results[task.name] = {"alias": task.name, f"{task.metric},none": statistics.fmean(values) if values else 0.0,
+                              "samples": len(scored)}
+    results[task.name]["breakdown"] = task.breakdown([s[task.metric] for s in scored])
+    results[task.name]["missing_videos"] = len(missing)
+    return results, sorted(scored + missing, key=lambda s: s["doc_id"])
+
+
+def write_results(settings: EvalSettings, task: Task, results: dict, samples: list[dict], efficiency: dict,
+                  total_docs: int) -> Path:
+    settings.output.mkdir(parents=True, exist_ok=True)
+    path = samples_path(settings.output, task.name)
+    tmp = path.with_suffix(".jsonl.tmp")
+    tmp.write_text("".join(json.dumps(s, ensure_ascii=False) + "\n" for s in samples))
+    tmp.replace(path)
+    report = {
+        "results": results,
+        "configs": {task.name: {"task": task.name, "data_dir": str(settings.data_dir), "parser": settings.parser,
+                                "generation_kwargs": {"max_new_tokens": task.max_new_tokens, "temperature": 0,
+                                                      "do_sample": False}}},
+        "versions": {task.name: LMMS_EVAL_VERSION},
+        "n-samples": {task.name: {"original": total_docs, "effective": len(samples)}},
+        "config": {"model": settings.model, "frames": settings.frames, "tokens_per_frame": settings.tokens_per_frame,
+                   "limit": settings.limit, "scored_like": f"lmms-eval {LMMS_EVAL_VERSION}"},
+        "efficiency": efficiency,
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+    results_path = settings.output / "results.json"
+    results_path.write_text(json.dumps(report, indent=2, ensure_ascii=False))
+    return results_path
+
+
+def evaluate(settings: EvalSettings, progress: Callable[[int], Callable[[], None]] | None = None) -> dict | None:
+    """Run (or resume) the evaluation; rank 0 returns the results.json content, other ranks None."""
+    task = TASKS[settings.task]
+    docs = task.load(settings.data_dir)
+    if settings.limit is not None:
+        docs = docs[: settings.limit]
+    settings.output.mkdir(parents=True, exist_ok=True)
+    efficiency: dict = {}
+    if settings.responses is not None:
+        samples = read_samples(settings.responses)
+        rank, world = 0, 1
+    else:
+        rank, world = distributed()
+        merged = samples_path(settings.output, task.name)
+        files = [merged] + [samples_path(settings.output, task.name, r) for r in range(world)] if world > 1 else [merged]
+        done = {s["doc_id"] for path in files for s in read_samples(path)}  # what an interrupted run finished
+        groups = by_video(doc for doc in docs if doc.doc_id not in done)
+        mine = [doc for i, group in enumerate(groups) if i % world == rank for doc in group]
+        own = samples_path(settings.output, task.name, rank if world > 1 else None)
+        tick = progress(len(mine)) if progress and rank == 0 else (lambda: None)
+        efficiency = run_model(settings, task, mine, own, tick) or {}
+        barrier(world)
+        if rank != 0:
+            return None
+        samples = list({s["doc_id"]: s for path in files for s in read_samples(path)}.values())
+    results, scored = score(task, docs, samples, settings.parser)
+    write_results(settings, task, results, scored, efficiency, len(docs))
+    if world > 1:
+        for other in range(world):
+            samples_path(settings.output, task.name, other).unlink(missing_ok=True)
+    return json.loads((settings.output / "results.json").read_text())

@@ -1,0 +1,341 @@
+"""Benchmarks: read the official local files, and prompt, parse and score as lmms-eval 0.7.3 does.
+
+A :class:`Task` turns a data folder into :class:`Doc` s (one question each), writes the prompt of a
+doc, scores one response (lmms-eval's ``process_results``) and aggregates the scored samples
+(lmms-eval's aggregation, same denominators, same scale). Each function names its lmms-eval twin.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import string
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import UserError
+from .mcq import extract_mcq_answer, official_videomme_parser
+
+LMMS_EVAL_VERSION = "0.7.3"
+
+
+@dataclass
+class Doc:
+    doc_id: int
+    video: Path | None  # None when the benchmark names no video file (recorded as missing)
+    data: dict  # the benchmark's own row, JSON-serialisable ("doc" in the samples file)
+    task: str  # the (sub)task it belongs to
+
+
+@dataclass
+class Task:
+    name: str
+    metric: str  # lmms-eval's metric name (the key in results.json is "<metric>,none")
+    load: Callable[[Path], list[Doc]]
+    prompt: Callable[[Doc], str]
+    target: Callable[[Doc], str]
+    process: Callable[[Doc, str, str], dict]  # (doc, response, parser) -> lmms-eval's per-sample dict
+    aggregate: Callable[[list[dict]], float]  # lmms-eval's aggregation of the per-sample dicts
+    breakdown: Callable[[list[dict]], dict] = lambda processed: {}
+    max_new_tokens: int = 16
+    subtasks: list[str] = field(default_factory=list)  # lmms-eval group members, if a group
+    parsers: tuple[str, ...] = ("lmms-eval",)
+
+
+def _read_table(path: Path) -> list[dict]:
+    if path.suffix == ".parquet":
+        import pandas
+
+        return pandas.read_parquet(path).to_dict(orient="records")
+    if path.suffix == ".jsonl":
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return json.loads(path.read_text())
+
+
+def _plain(value):
+    """numpy arrays and scalars from parquet -> JSON-serialisable Python values."""
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    return value
+
+
+def _require(path: Path, pattern: str, what: str) -> list[Path]:
+    found = sorted(path.glob(pattern))
+    if not found:
+        raise UserError(f"{path} holds no {what} ({pattern}); point --data-dir at the benchmark's folder")
+    return found
+
+
+# ---- Video-MME ------------------------------------------------------------------------------------
+VIDEOMME_DURATIONS = ["short", "medium", "long"]
+VIDEOMME_OPTION_PROMPT = (
+    "Select the best answer to the following multiple-choice question based on the video and the subtitles. "
+    "Respond with only the letter (A, B, C, or D) of the correct option."
+)
+VIDEOMME_POST_PROMPT = "\nAnswer with the option's letter from the given choices directly."  # its "default" kwargs
+
+
+def videomme_load(data_dir: Path) -> list[Doc]:
+    """Video-MME as lmms-eval/Video-MME ships it: ``videomme/test-*.parquet`` (videoID, question,
+    options "A. ...", answer letter, duration, domain, sub_category, task_type, question_id),
+    videos in ``data/<videoID>.mp4`` (or .MP4 / .mkv), subtitles in ``subtitle/<videoID>.srt``."""
+    rows = [row for table in _require(data_dir, "**/*.parquet", "Video-MME parquet file") for row in _read_table(table)]
+    docs = []
+    for doc_id, row in enumerate(rows):
+        row = {key: _plain(value) for key, value in row.items()}
+        video = None
+        for suffix in (".mp4", ".MP4", ".mkv"):  # lmms-eval's videomme_doc_to_visual order
+            candidate = data_dir / "data" / f"{row['videoID']}{suffix}"
+            if candidate.exists():
+                video = candidate
+                break
+        docs.append(Doc(doc_id, video or data_dir / "data" / f"{row['videoID']}.mp4", row, "videomme"))
+    return docs
+
+
+def videomme_prompt(doc: Doc) -> str:
+    """videomme_doc_to_text with the default post_prompt."""
+    question = doc.data["question"] + "\n" + "\n".join(f"{option}" for option in doc.data["options"])
+    return VIDEOMME_OPTION_PROMPT + "\n" + question + "\n" + VIDEOMME_POST_PROMPT
+
+
+def videomme_process(doc: Doc, response: str, parser: str) -> dict:
+    """videomme_process_results (its score field compares case-insensitively, its aggregation not)."""
+    row = doc.data
+    pred = extract_mcq_answer(response, ["A", "B", "C", "D"]) if parser == "lmms-eval" else official_videomme_parser(response)
+    return {
+        "question_id": row["question_id"], "duration": row["duration"], "category": row["domain"],
+        "sub_category": row["sub_category"], "task_category": row["task_type"], "pred_answer": pred,
+        "answer": row["answer"], "score": 1.0 if pred.lower() == row["answer"].lower() else 0.0,
+        "videoID": row["videoID"],
+    }
+
+
+def _percent(correct: int, answered: int) -> float:
+    return 100 * correct / answered if answered > 0 else 0
+
+
+def videomme_aggregate(processed: list[dict]) -> float:
+    """videomme_aggregate_results: percent of answered questions whose letter equals the answer."""
+    return _percent(sum(p["pred_answer"] == p["answer"] for p in processed), len(processed))
+
+
+def videomme_breakdown(processed: list[dict]) -> dict:
+    """The per-duration, domain and task-type percentages lmms-eval logs."""
+    result = {}
+    for name, key in (("duration", "duration"), ("domain", "category"), ("task_type", "task_category")):
+        groups: dict[str, list[dict]] = {}
+        for p in processed:
+            groups.setdefault(p[key], []).append(p)
+        result[name] = {group: round(videomme_aggregate(items), 4) for group, items in sorted(groups.items())}
+    return result
+
+
+# subtitles: videomme_doc_to_text_subtitle with the default frame_num = 32
+SUBTITLE_FRAMES = 32
+_FONT = re.compile(r'<font color="white" size=".72c">(.*?)</font>')
+
+
+def _srt_time(text: str) -> float:
+    hours, minutes, rest = text.split(":")
+    seconds, millis = rest.split(",")
+    return int(hours) * 3600 + int(minutes) * 60 + int(seconds) + int(millis) / 1000
+
+
+def _load_subtitles(path: Path) -> dict[tuple[float, float], str]:
+    subtitles = {}
+    for section in path.read_text(encoding="utf-8").split("\n\n"):
+        if section.strip():
+            lines = section.split("\n")
+            if len(lines) >= 3:
+                start, end = lines[1].split(" --> ")
+                subtitles[(_srt_time(start), _srt_time(end))] = " ".join(line for line in lines[2:])
+    return subtitles
+
+
+def videomme_subtitle_text(video: Path, subtitle: Path) -> str:
+    """The subtitle lines shown at 32 uniformly spaced frames (np.linspace over OpenCV's frame count)."""
+    import cv2
+    import numpy as np
+
+    capture = cv2.VideoCapture(str(video))
+    fps, total = capture.get(cv2.CAP_PROP_FPS), int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
+    capture.release()
+    spans = [(int(start * fps), int(end * fps), text) for (start, end), text in _load_subtitles(subtitle).items()]
+    sampled = np.linspace(0, total - 1, SUBTITLE_FRAMES, dtype=int).tolist()
+    shown = list({i for frame in sampled for i, span in enumerate(spans) if span[0] <= frame < span[1]})
+    lines = []
+    for index in shown:
+        found = _FONT.findall(spans[index][2])
+        if found:
+            lines.append(found[0])
+    return "\n".join(lines)
+
+
+def videomme_subtitle_prompt(doc: Doc) -> str:
+    """videomme_doc_to_text_subtitle with its default kwargs."""
+    subtitle_path = doc.video.parent.parent / "subtitle" / f"{doc.data['videoID']}.srt"
+    subtitle = videomme_subtitle_text(doc.video, subtitle_path) if subtitle_path.exists() else "No subtitles available"
+    question = doc.data["question"] + "\n" + "\n".join(f"{option}" for option in doc.data["options"])
+    return ("This video's subtitles are listed below: \n" + subtitle + "\n" + VIDEOMME_OPTION_PROMPT + "\n"
+            + question + "\n" + "The best answer is:")
+
+
+# ---- MVBench --------------------------------------------------------------------------------------
+MVBENCH_FOLDERS = {  # lmms-eval's DATA_LIST
+    "object_interaction": "star/Charades_segment", "action_sequence": "star/Charades_segment",
+    "action_prediction": "star/Charades_segment", "action_localization": "sta/sta_video_segment",
+    "moving_count": "clevrer/video_validation", "fine_grained_pose": "nturgbd_convert",
+    "character_order": "perception/videos", "object_shuffle": "perception/videos", "egocentric_navigation": "vlnqa",
+    "moving_direction": "clevrer/video_validation", "episodic_reasoning": "tvqa/video_fps3_hq_segment",
+    "fine_grained_action": "Moments_in_Time_Raw/videos", "scene_transition": "scene_qa/video",
+    "state_change": "perception/videos", "moving_attribute": "clevrer/video_validation",
+    "action_antonym": "ssv2_video_mp4", "unexpected_action": "FunQA_test/test",
+    "counterfactual_inference": "clevrer/video_validation", "object_existence": "clevrer/video_validation",
+    "action_count": "perception/videos",
+}
+MVBENCH_ORDER = [  # lmms-eval's mvbench group
+    "action_sequence", "moving_count", "action_prediction", "episodic_reasoning", "action_antonym", "action_count",
+    "scene_transition", "object_shuffle", "object_existence", "fine_grained_pose", "unexpected_action",
+    "moving_direction", "state_change", "object_interaction", "character_order", "action_localization",
+    "counterfactual_inference", "fine_grained_action", "moving_attribute", "egocentric_navigation",
+]
+
+
+def mvbench_load(data_dir: Path) -> list[Doc]:
+    """MVBench as OpenGVLab/MVBench ships it: ``json/<task>.json`` (video, question, candidates,
+    answer text) and the videos under ``video/<source folder>/`` (or the source folders at the top,
+    as lmms-eval's cache has them; clevrer and star also under ``data0613/``)."""
+    docs = []
+    for task in MVBENCH_ORDER:
+        table = next(iter(sorted(data_dir.glob(f"**/{task}.json"))), None)
+        if table is None:
+            continue
+        folder = MVBENCH_FOLDERS[task]
+        for row in _read_table(table):
+            places = [data_dir / folder, data_dir / "video" / folder, data_dir / "data0613" / folder,
+                      data_dir / "video" / "data0613" / folder]
+            video = next((p / row["video"] for p in places if (p / row["video"]).exists()), places[0] / row["video"])
+            docs.append(Doc(len(docs), video, row, f"mvbench_{task}"))
+    if not docs:
+        raise UserError(f"{data_dir} holds none of MVBench's json/<task>.json files; point --data-dir at MVBench")
+    return docs
+
+
+def mvbench_prompt(doc: Doc) -> str:
+    """mvbench_doc_to_text with the default post_prompt."""
+    options = "".join(f"({string.ascii_uppercase[i]}) {option}\n" for i, option in enumerate(doc.data["candidates"]))
+    return "Question:" + doc.data["question"] + "\nOption:\n" + options + "Only give the best option.\n"
+
+
+def _mcq_acc(answer: str | None, pred: str) -> int:
+    """lmms-eval's mvbench mcq_acc, verbatim in behaviour."""
+    period_strip = re.compile(r"(?!<=\d)(\.)(?!\d)")
+    comma_strip = re.compile(r"(\d)(\,)(\d)")
+    punct = [";", r"/", "[", "]", '"', "{", "}", "(", ")", "=", "+", "\\", "_", "-", ">", "<", "@", "`", ",", "?", "!"]
+
+    def process_punctuation(in_text):
+        out_text = in_text
+        for p in punct:
+            if (p + " " in in_text or " " + p in in_text) or (re.search(comma_strip, in_text) is not None):
+                out_text = out_text.replace(p, "")
+            else:
+                out_text = out_text.replace(p, " ")
+        return period_strip.sub("", out_text, re.UNICODE)
+
+    def process(text):
+        match = re.compile(r"^([A-E])\.\s*(.+)$", re.IGNORECASE).match(text.strip())
+        if match:
+            return match.group(1).upper()
+        text = text.replace("\n", " ").replace("\t", " ").strip()
+        text = process_punctuation(text)
+        text = text.strip("'").strip('"').strip(")").strip("(").strip().lower()
+        letter = re.search(r"\b([A-E])\b", text, re.IGNORECASE)
+        return letter.group(1).upper() if letter else text
+
+    return 1 if process(pred) == process(answer) else 0
+
+
+def mvbench_process(doc: Doc, response: str, parser: str) -> dict:
+    """mvbench_process_results."""
+    gt = next((string.ascii_uppercase[i] for i, c in enumerate(doc.data["candidates"]) if c == doc.data["answer"]), None)
+    return {"pred_answer": response, "gt_answer": gt, "score": _mcq_acc(gt, response)}
+
+
+def mvbench_aggregate(processed: list[dict]) -> float:
+    """mvbench_aggregate_results: empty responses leave the denominator."""
+    answered = [p for p in processed if p["pred_answer"] != ""]
+    return _percent(sum(p["score"] for p in answered), len(answered))
+
+
+# ---- our own jsonl --------------------------------------------------------------------------------
+def jsonl_load(data_dir: Path) -> list[Doc]:
+    """``*.jsonl`` lines {"video": path relative to the folder, "question", "options": [...] (optional),
+    "answer": a letter, an option's text, or free text}."""
+    docs = []
+    for table in _require(data_dir, "*.jsonl", "jsonl file"):
+        for number, line in enumerate(table.read_text().splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                video, question, answer = row["video"], row["question"], row["answer"]
+            except (json.JSONDecodeError, KeyError, TypeError) as error:
+                raise UserError(f"{table.name} line {number}: not a {{video, question, answer}} object ({error})") from None
+            docs.append(Doc(len(docs), data_dir / video, row, "jsonl"))
+    return docs
+
+
+def _letters(row: dict) -> list[str]:
+    return list(string.ascii_uppercase[: len(row.get("options") or [])])
+
+
+def jsonl_prompt(doc: Doc) -> str:
+    """Multiple choice as lmms-eval's Video-MME default prompt; open questions as they are."""
+    row = doc.data
+    if not row.get("options"):
+        return row["question"]
+    options = "\n".join(f"{letter}. {option}" for letter, option in zip(_letters(row), row["options"]))
+    return row["question"] + "\n" + options + VIDEOMME_POST_PROMPT
+
+
+def jsonl_target(doc: Doc) -> str:
+    row = doc.data
+    answer = str(row["answer"]).strip()
+    if row.get("options") and answer not in _letters(row) and answer in row["options"]:
+        return _letters(row)[row["options"].index(answer)]
+    return answer
+
+
+def _normalise(text: str) -> str:
+    return re.sub(r"[^\w\s]", "", text).strip().lower()
+
+
+def jsonl_process(doc: Doc, response: str, parser: str) -> dict:
+    target = jsonl_target(doc)
+    if doc.data.get("options"):
+        pred = extract_mcq_answer(response, _letters(doc.data))
+        correct = pred == target
+    else:
+        pred = response.strip()
+        correct = _normalise(pred) == _normalise(target)
+    return {"pred_answer": pred, "answer": target, "score": 1.0 if correct else 0.0}
+
+
+def jsonl_aggregate(processed: list[dict]) -> float:
+    return _percent(sum(p["score"] for p in processed), len(processed))
+
+
+TASKS: dict[str, Task] = {
+    "videomme": Task("videomme", "videomme_perception_score", videomme_load, videomme_prompt,
+                     lambda doc: doc.data["answer"], videomme_process, videomme_aggregate, videomme_breakdown,
+                     parsers=("lmms-eval", "official")),
+    "videomme_w_subtitle": Task("videomme_w_subtitle", "videomme_perception_score", videomme_load,
+                                videomme_subtitle_prompt, lambda doc: doc.data["answer"], videomme_process,
+                                videomme_aggregate, videomme_breakdown, parsers=("lmms-eval", "official")),
+    "mvbench": Task("mvbench", "mvbench_accuracy", mvbench_load, mvbench_prompt, lambda doc: doc.data["answer"],
+                    mvbench_process, mvbench_aggregate, subtasks=[f"mvbench_{t}" for t in MVBENCH_ORDER]),
+    "jsonl": Task("jsonl", "accuracy", jsonl_load, jsonl_prompt, jsonl_target, jsonl_process, jsonl_aggregate,
+                  max_new_tokens=64),
+}

@@ -1,0 +1,204 @@
+"""`crosslmm eval` end to end on CPU: miniature benchmarks in their official layouts, a tiny
+checkpoint, resumption, missing videos, re-scoring, and a 2-process gloo run."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pandas
+import pytest
+from typer.testing import CliRunner
+
+from crosslmm_cli.app import app
+from crosslmm_cli.synthetic_video import index_frames, write_video
+
+runner = CliRunner()
+
+
+def make_video(path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_video(path, index_frames(20, 64, 64), (64, 64), 10, "libx264", 5)
+
+
+@pytest.fixture(scope="module")
+def videomme_dir(tmp_path_factory):
+    """Video-MME's layout: videomme/test-*.parquet, data/<videoID>.mp4; vid3 is missing."""
+    root = tmp_path_factory.mktemp("Video-MME")
+    rows = []
+    for number, video in enumerate(["vid1", "vid2", "vid3"]):
+        if video != "vid3":
+            make_video(root / "data" / f"{video}.mp4")
+        for question in range(3):
+            rows.append({
+                "video_id": f"{number:03d}", "duration": ["short", "medium", "long"][number],
+                "domain": "Knowledge", "sub_category": "Humanity & History", "url": "", "videoID": video,
+                "question_id": f"{number:03d}-{question}", "task_type": "Counting Problem",
+                "question": f"Question {question}?", "options": ["A. one", "B. two", "C. three", "D. four"],
+                "answer": "ABCD"[question],
+            })
+    (root / "videomme").mkdir()
+    pandas.DataFrame(rows).to_parquet(root / "videomme" / "test-00000-of-00001.parquet")
+    return root
+
+
+@pytest.fixture(scope="module")
+def mvbench_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("MVBench")
+    (root / "json").mkdir()
+    for task, folder in (("action_antonym", "ssv2_video_mp4"), ("moving_count", "clevrer/video_validation")):
+        make_video(root / "video" / folder / f"{task}.mp4")
+        rows = [{"video": f"{task}.mp4", "question": f"q{i}", "candidates": ["yes", "no", "maybe"], "answer": "no"}
+                for i in range(2)]
+        (root / "json" / f"{task}.json").write_text(json.dumps(rows))
+    return root
+
+
+def run_eval(*args, input=None):
+    return runner.invoke(app, ["eval", *args], input=input)
+
+
+def common(tiny_checkpoint, output):
+    return ["--model", str(tiny_checkpoint), "--frames", "2", "--output", str(output)]
+
+
+def lines(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_videomme_end_to_end(videomme_dir, tiny_checkpoint, tmp_path, monkeypatch):
+    from crosslmm_cli import video
+    from models import CrossLMMForConditionalGeneration
+
+    decodes, encodes = [], []
+    real_read, real_encode = video.read_frames, CrossLMMForConditionalGeneration.encode_frames
+    monkeypatch.setattr(video, "read_frames", lambda *a, **k: decodes.append(1) or real_read(*a, **k))
+    monkeypatch.setattr(CrossLMMForConditionalGeneration, "encode_frames",
+                        lambda self, *a, **k: encodes.append(1) or real_encode(self, *a, **k))
+    result = run_eval("videomme", "--data-dir", str(videomme_dir), *common(tiny_checkpoint, tmp_path))
+    assert result.exit_code == 0, result.output
+    assert len(decodes) == 3 and len(encodes) == 2  # three questions per video share one decode and one encode
+    report = json.loads((tmp_path / "results.json").read_text())
+    entry = report["results"]["videomme"]
+    assert set(entry) >= {"alias", "videomme_perception_score,none", "samples", "breakdown", "missing_videos"}
+    assert entry["samples"] == 6 and entry["missing_videos"] == 3
+    assert set(entry["breakdown"]["duration"]) == {"short", "medium"}
+    assert report["n-samples"]["videomme"] == {"original": 9, "effective": 9}
+    assert report["versions"]["videomme"] == "0.7.3" and report["efficiency"]["visual_tokens_per_frame"] == 4
+    samples = lines(tmp_path / "samples_videomme.jsonl")
+    assert [s["doc_id"] for s in samples] == list(range(9))
+    answered = [s for s in samples if "missing_video" not in s]
+    for sample in answered:
+        assert set(sample) >= {"doc", "target", "input", "resps", "filtered_resps", "videomme_perception_score"}
+        assert sample["input"].startswith("Select the best answer")
+    assert all("vid3" in s["missing_video"] for s in samples if "missing_video" in s)
+    assert "missing videos" in result.output
+
+
+def test_interrupted_run_resumes_without_losing_or_repeating(videomme_dir, tiny_checkpoint, tmp_path, monkeypatch):
+    from crosslmm_cli.ask import VideoChat
+
+    real_ask, calls = VideoChat.ask_alone, []
+
+    def flaky(self, question):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real_ask(self, question)
+
+    monkeypatch.setattr(VideoChat, "ask_alone", flaky)
+    interrupted = run_eval("videomme", "--data-dir", str(videomme_dir), *common(tiny_checkpoint, tmp_path))
+    assert interrupted.exit_code == 130
+    first = lines(tmp_path / "samples_videomme.jsonl")
+    assert [s["doc_id"] for s in first] == [0, 1]
+    monkeypatch.setattr(VideoChat, "ask_alone", real_ask)
+    resumed = run_eval("videomme", "--data-dir", str(videomme_dir), *common(tiny_checkpoint, tmp_path))
+    assert resumed.exit_code == 0, resumed.output
+    final = lines(tmp_path / "samples_videomme.jsonl")
+    assert [s["doc_id"] for s in final] == list(range(9))
+    assert final[:2] == first
+    fresh = tmp_path / "fresh"
+    assert run_eval("videomme", "--data-dir", str(videomme_dir), *common(tiny_checkpoint, fresh)).exit_code == 0
+    assert lines(fresh / "samples_videomme.jsonl") == final
+
+
+def test_rescoring_responses_with_the_official_parser(videomme_dir, tmp_path):
+    samples = tmp_path / "given.jsonl"
+    answers = ["The answer is B", "b", "(C)", "Answer: C", "", "D. four"]
+    with open(samples, "w") as f:
+        for doc_id, answer in enumerate(answers):
+            f.write(json.dumps({"doc_id": doc_id, "task": "videomme", "filtered_resps": [answer]}) + "\n")
+    scores = {}
+    for parser in ("lmms-eval", "official"):
+        out = tmp_path / parser
+        result = run_eval("videomme", "--data-dir", str(videomme_dir), "--responses", str(samples),
+                          "--parser", parser, "--output", str(out))
+        assert result.exit_code == 0, result.output
+        scored = lines(out / "samples_videomme.jsonl")
+        scores[parser] = [s["videomme_perception_score"]["pred_answer"] for s in scored]
+    assert scores["lmms-eval"] == ["B", "", "C", "C", "", "D"]
+    assert scores["official"] == ["B", "", "C", "A", "", "D"]  # "Answer: C": the first A-D is the A of "Answer"
+
+
+def test_mvbench_subtasks_and_average(mvbench_dir, tiny_checkpoint, tmp_path):
+    result = run_eval("mvbench", "--data-dir", str(mvbench_dir), *common(tiny_checkpoint, tmp_path))
+    assert result.exit_code == 0, result.output
+    results = json.loads((tmp_path / "results.json").read_text())["results"]
+    assert set(results) == {"mvbench_action_antonym", "mvbench_moving_count", "mvbench"}
+    parts = [results[t]["mvbench_accuracy,none"] for t in ("mvbench_action_antonym", "mvbench_moving_count")]
+    assert results["mvbench"]["mvbench_accuracy,none"] == pytest.approx(sum(parts) / 2)
+
+
+@pytest.fixture(scope="module")
+def jsonl_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("mine")
+    for name in ("a", "b", "c", "d"):
+        make_video(root / "clips" / f"{name}.mp4")
+    rows = [{"video": f"clips/{name}.mp4", "question": f"Which {i}?", "options": ["red", "green"], "answer": "green"}
+            for i, name in enumerate("abcdabcd")]
+    (root / "questions.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return root
+
+
+def test_two_gloo_processes_equal_one(jsonl_dir, tiny_checkpoint, tmp_path):
+    single = tmp_path / "single"
+    assert run_eval("jsonl", "--data-dir", str(jsonl_dir), *common(tiny_checkpoint, single)).exit_code == 0
+    sharded = tmp_path / "sharded"
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+               "-m", "crosslmm_cli.app", "eval", "jsonl", "--data-dir", str(jsonl_dir),
+               *common(tiny_checkpoint, sharded)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert lines(sharded / "samples_jsonl.jsonl") == lines(single / "samples_jsonl.jsonl")
+    results = [json.loads((d / "results.json").read_text())["results"] for d in (single, sharded)]
+    assert results[0] == results[1]
+    assert not list(sharded.glob("*.rank*.jsonl"))
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["nope", "--data-dir", "."], "unknown benchmark"),
+        (["videomme", "--data-dir", "/nonexistent"], "is not a folder"),
+        (["mvbench", "--data-dir", ".", "--parser", "official"], "does not apply to mvbench"),
+        (["videomme", "--data-dir", ".", "--limit", "0"], "--limit must be >= 1"),
+        (["videomme", "--data-dir", ".", "--responses", "/nonexistent.jsonl"], "no such file"),
+    ],
+)
+def test_bad_eval_flags(args, message):
+    result = run_eval(*args)
+    assert result.exit_code == 1 and message in result.output and "Traceback" not in result.output
+
+
+def test_an_empty_benchmark_folder_is_one_line(tmp_path):
+    result = run_eval("videomme", "--data-dir", str(tmp_path))
+    assert result.exit_code == 1 and "holds no Video-MME parquet" in result.output
+
+
+def test_a_malformed_jsonl_line_is_named(tmp_path):
+    (tmp_path / "q.jsonl").write_text('{"video": "a.mp4", "question": "q", "answer": "x"}\nnot json\n')
+    result = run_eval("jsonl", "--data-dir", str(tmp_path))
+    assert result.exit_code == 1 and "q.jsonl line 2" in result.output

@@ -1,0 +1,66 @@
+"""Our prompts, answer extraction and aggregates agree with lmms-eval 0.7.3's own task functions,
+recorded on tricky responses by tests/data/make_lmms_eval_golden.py (lmms-eval itself needs its
+whole harness to import)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from crosslmm_cli.evaluation.mcq import extract_mcq_answer, official_videomme_parser
+from crosslmm_cli.evaluation.tasks import TASKS, Doc
+
+GOLDEN = json.loads((Path(__file__).parents[1] / "data" / "lmms_eval_golden.json").read_text())
+RESPONSES = GOLDEN["responses"]
+
+
+def test_the_golden_file_is_from_the_version_we_name():
+    from crosslmm_cli.evaluation.tasks import LMMS_EVAL_VERSION
+
+    assert GOLDEN["lmms_eval_version"] == LMMS_EVAL_VERSION
+    assert len(RESPONSES) >= 30 and "" in RESPONSES
+
+
+@pytest.mark.parametrize("index", range(len(RESPONSES)))
+def test_current_parser(index):
+    assert extract_mcq_answer(RESPONSES[index], ["A", "B", "C", "D"]) == GOLDEN["extract_mcq_answer_abcd"][index]
+
+
+@pytest.mark.parametrize("index", range(len(RESPONSES)))
+def test_official_videomme_parser(index):
+    assert official_videomme_parser(RESPONSES[index]) == GOLDEN["official_videomme_parser"][index]
+
+
+def videomme_doc() -> Doc:
+    return Doc(0, None, GOLDEN["videomme_doc"], "videomme")
+
+
+def test_videomme_prompt_and_per_sample_results():
+    task = TASKS["videomme"]
+    assert task.prompt(videomme_doc()) == GOLDEN["videomme_prompt"]
+    ours = [task.process(videomme_doc(), response, "lmms-eval") for response in RESPONSES]
+    assert ours == [p["videomme_perception_score"] for p in GOLDEN["videomme_process_results"]]
+    assert task.aggregate(ours) == GOLDEN["videomme_aggregate"]
+
+
+def test_mvbench_prompt_per_sample_results_and_denominator():
+    task = TASKS["mvbench"]
+    doc = Doc(0, None, GOLDEN["mvbench_doc"], "mvbench_action_antonym")
+    assert task.prompt(doc) == GOLDEN["mvbench_prompt"]
+    ours = [task.process(doc, response, "lmms-eval") for response in RESPONSES]
+    assert ours == [p["mvbench_accuracy"] for p in GOLDEN["mvbench_process_results"]]
+    assert task.aggregate(ours) == GOLDEN["mvbench_aggregate"]  # empty answers leave the denominator
+
+
+def test_jsonl_multiple_choice_and_open_answers():
+    task = TASKS["jsonl"]
+    choice = Doc(0, None, {"video": "v.mp4", "question": "Colour?", "options": ["red", "green"], "answer": "green"}, "jsonl")
+    assert task.target(choice) == "B"
+    assert task.prompt(choice).splitlines()[1:3] == ["A. red", "B. green"]
+    assert task.process(choice, "(B) green", "lmms-eval")["score"] == 1.0
+    assert task.process(choice, "A", "lmms-eval")["score"] == 0.0
+    open_question = Doc(1, None, {"video": "v.mp4", "question": "Colour?", "answer": "Green"}, "jsonl")
+    assert task.process(open_question, "green.", "lmms-eval")["score"] == 1.0
+    assert task.aggregate([{"score": 1.0}, {"score": 0.0}, {"score": 1.0}, {"score": 1.0}]) == 75.0
