@@ -171,7 +171,8 @@ def ask(
 @app.command("eval")
 @user_errors
 def evaluate(
-    benchmark: Annotated[str, typer.Argument(help="videomme | videomme_w_subtitle | mvbench | jsonl")],
+    benchmark: Annotated[str, typer.Argument(help="videomme | videomme_w_subtitle | mvbench | mlvu | longvideobench | "
+                                                  "perceptiontest | nextqa | egoschema | jsonl")],
     data_dir: Annotated[Path, typer.Option(help="the benchmark's official local files")],
     output: Annotated[Path, typer.Option(help="folder for results.json and samples_<task>.jsonl")] = Path("runs"),
     model: Annotated[str, typer.Option(help="preset name, checkpoint directory or hub id")] = "crosslmm-ov-0.5b",
@@ -182,6 +183,7 @@ def evaluate(
     limit: Annotated[Optional[int], typer.Option(help="only the first N questions (smoke runs)")] = None,
     parser: Annotated[str, typer.Option(help="answer extraction: lmms-eval (current) | official (Video-MME's own)")] = "lmms-eval",
     responses: Annotated[Optional[Path], typer.Option(help="score this samples file instead of running a model")] = None,
+    max_new_tokens: Annotated[Optional[int], typer.Option(help="override the benchmark's answer length")] = None,
 ) -> None:
     """Score a model on a video benchmark from its official local files, as lmms-eval scores it.
     Rerunning the same command resumes; under torchrun / accelerate launch the work is sharded."""
@@ -190,7 +192,7 @@ def evaluate(
 
     settings = EvalSettings(task=benchmark, data_dir=data_dir, output=output, model=model, frames=frames,
                             tokens_per_frame=tokens_per_frame, quantize=quantize, device=device, limit=limit,
-                            parser=parser, responses=responses)
+                            parser=parser, responses=responses, max_new_tokens=max_new_tokens)
     quiet_libraries()
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), TimeRemainingColumn(), console=stderr, transient=True) as bar:

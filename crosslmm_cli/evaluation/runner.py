@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import random
 import statistics
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ class EvalSettings:
     limit: int | None = None  # evaluate only the first N questions
     parser: str = "lmms-eval"  # answer extraction: "lmms-eval" (current) or "official" (Video-MME's own)
     responses: Path | None = None  # score this samples file instead of running a model
+    max_new_tokens: int | None = None  # override the task's generation length (lmms-eval's when None)
 
     def __post_init__(self):
         if self.task not in TASKS:
@@ -127,7 +129,8 @@ def run_model(settings: EvalSettings, task: Task, docs: list[Doc], path: Path,
     if not docs:
         return {}
     ask_settings = AskSettings(model=settings.model, frames=settings.frames, tokens_per_frame=settings.tokens_per_frame,
-                               quantize=settings.quantize, device=settings.device, max_new_tokens=task.max_new_tokens)
+                               quantize=settings.quantize, device=settings.device,
+                               max_new_tokens=settings.max_new_tokens or task.max_new_tokens)
     model, processor, quantize = prepare_model(ask_settings)
     prefill_seconds, decode_seconds = [], []
     for group in by_video(docs):
@@ -167,6 +170,7 @@ def score(task: Task, docs: list[Doc], samples: list[dict], parser: str) -> tupl
     """Re-score every answered sample with ``parser``; lmms-eval's results for the task (and each
     subtask of a group) and the samples, sorted by doc_id."""
     by_id = {doc.doc_id: doc for doc in docs}
+    rng = random.Random(0)  # parsers that guess when nothing parses draw from it in document order, as lmms-eval seeds
     scored, missing = [], []
     for sample in sorted(samples, key=lambda s: s["doc_id"]):
         if "missing_video" in sample:
@@ -176,7 +180,7 @@ def score(task: Task, docs: list[Doc], samples: list[dict], parser: str) -> tupl
         if doc is None:
             raise UserError(f"the samples name doc_id {sample['doc_id']}, which the benchmark folder does not have")
         response = sample["filtered_resps"][0]
-        scored.append({**sample, task.metric: task.process(doc, response, parser)})
+        scored.append({**sample, task.metric: task.process(doc, response, parser, rng)})
     results = {}
     names = task.subtasks or [task.name]
     for name in names:
@@ -202,7 +206,8 @@ def write_results(settings: EvalSettings, task: Task, results: dict, samples: li
     report = {
         "results": results,
         "configs": {task.name: {"task": task.name, "data_dir": str(settings.data_dir), "parser": settings.parser,
-                                "generation_kwargs": {"max_new_tokens": task.max_new_tokens, "temperature": 0,
+                                "generation_kwargs": {"max_new_tokens": settings.max_new_tokens or task.max_new_tokens,
+                                                      "temperature": 0,
                                                       "do_sample": False}}},
         "versions": {task.name: LMMS_EVAL_VERSION},
         "n-samples": {task.name: {"original": total_docs, "effective": len(samples)}},

@@ -8,6 +8,7 @@ doc, scores one response (lmms-eval's ``process_results``) and aggregates the sc
 from __future__ import annotations
 
 import json
+import random
 import re
 import string
 from collections.abc import Callable
@@ -35,10 +36,10 @@ class Task:
     load: Callable[[Path], list[Doc]]
     prompt: Callable[[Doc], str]
     target: Callable[[Doc], str]
-    process: Callable[[Doc, str, str], dict]  # (doc, response, parser) -> lmms-eval's per-sample dict
+    process: Callable[[Doc, str, str, random.Random], dict]  # (doc, response, parser, rng) -> per-sample dict
     aggregate: Callable[[list[dict]], float]  # lmms-eval's aggregation of the per-sample dicts
     breakdown: Callable[[list[dict]], dict] = lambda processed: {}
-    max_new_tokens: int = 16
+    max_new_tokens: int = 16  # the task's generation_kwargs; lmms-eval's LLaVA models default to 1024
     subtasks: list[str] = field(default_factory=list)  # lmms-eval group members, if a group
     parsers: tuple[str, ...] = ("lmms-eval",)
 
@@ -100,7 +101,7 @@ def videomme_prompt(doc: Doc) -> str:
     return VIDEOMME_OPTION_PROMPT + "\n" + question + "\n" + VIDEOMME_POST_PROMPT
 
 
-def videomme_process(doc: Doc, response: str, parser: str) -> dict:
+def videomme_process(doc: Doc, response: str, parser: str, rng: random.Random | None = None) -> dict:
     """videomme_process_results (its score field compares case-insensitively, its aggregation not)."""
     row = doc.data
     pred = extract_mcq_answer(response, ["A", "B", "C", "D"]) if parser == "lmms-eval" else official_videomme_parser(response)
@@ -257,7 +258,7 @@ def _mcq_acc(answer: str | None, pred: str) -> int:
     return 1 if process(pred) == process(answer) else 0
 
 
-def mvbench_process(doc: Doc, response: str, parser: str) -> dict:
+def mvbench_process(doc: Doc, response: str, parser: str, rng: random.Random | None = None) -> dict:
     """mvbench_process_results."""
     gt = next((string.ascii_uppercase[i] for i, c in enumerate(doc.data["candidates"]) if c == doc.data["answer"]), None)
     return {"pred_answer": response, "gt_answer": gt, "score": _mcq_acc(gt, response)}
@@ -312,7 +313,7 @@ def _normalise(text: str) -> str:
     return re.sub(r"[^\w\s]", "", text).strip().lower()
 
 
-def jsonl_process(doc: Doc, response: str, parser: str) -> dict:
+def jsonl_process(doc: Doc, response: str, parser: str, rng: random.Random | None = None) -> dict:
     target = jsonl_target(doc)
     if doc.data.get("options"):
         pred = extract_mcq_answer(response, _letters(doc.data))
@@ -327,6 +328,243 @@ def jsonl_aggregate(processed: list[dict]) -> float:
     return _percent(sum(p["score"] for p in processed), len(processed))
 
 
+def _find_tables(data_dir: Path, patterns: list[str], what: str) -> list[dict]:
+    for pattern in patterns:
+        tables = sorted(data_dir.glob(pattern))
+        if tables:
+            return [{key: _plain(value) for key, value in row.items()} for table in tables for row in _read_table(table)]
+    raise UserError(f"{data_dir} holds no {what} ({' or '.join(patterns)}); point --data-dir at the benchmark's folder")
+
+
+def _video(folder: Path, name: str, suffixes: tuple[str, ...] = ("",)) -> Path:
+    """The first of ``folder/name+suffix`` that exists (lmms-eval's lookup order), else the first."""
+    candidates = [folder / f"{name}{suffix}" for suffix in suffixes]
+    return next((c for c in candidates if c.exists()), candidates[0])
+
+
+# ---- MLVU (dev, multiple choice) ------------------------------------------------------------------
+MLVU_TASK_TYPES = {"anomaly_reco", "count", "ego", "needle", "order", "plotQA", "topic_reasoning"}
+
+
+def mlvu_load(data_dir: Path) -> list[Doc]:
+    """MLVU dev as sy1998/MLVU_dev ships it: parquet/json rows (video_name, question with its options,
+    answer letter, task_type), videos at ``<folder>/<video_name>`` (or under ``video/``)."""
+    rows = _find_tables(data_dir, ["**/*.parquet", "**/*.json"], "MLVU dev table")
+    return [Doc(i, _video(data_dir, row["video_name"]) if (data_dir / row["video_name"]).exists()
+                else _video(data_dir / "video", row["video_name"]), row, "mlvu_dev") for i, row in enumerate(rows)]
+
+
+def mlvu_prompt(doc: Doc) -> str:
+    """mlvu_doc_to_text with the default post_prompt."""
+    return doc.data["question"] + "\nOnly give the best option.\nBest option: ("
+
+
+def mlvu_process(doc: Doc, response: str, parser: str, rng: random.Random | None = None) -> dict:
+    """mlvu_process_results."""
+    return {"question_id": doc.data["question"], "task_type": doc.data["task_type"],
+            "pred_answer": extract_mcq_answer(response, ["A", "B", "C", "D"]), "answer": doc.data["answer"]}
+
+
+def _mlvu_by_type(processed: list[dict]) -> dict[str, float]:
+    counts = {task_type: [0, 0] for task_type in MLVU_TASK_TYPES}
+    for p in processed:
+        if p["task_type"] not in counts:
+            raise UserError(f"MLVU dev has no task type {p['task_type']!r} (lmms-eval knows {sorted(MLVU_TASK_TYPES)})")
+        counts[p["task_type"]][0] += p["pred_answer"] == p["answer"]
+        counts[p["task_type"]][1] += 1
+    return {task_type: _percent(*counts[task_type]) for task_type in sorted(MLVU_TASK_TYPES)}
+
+
+def mlvu_aggregate(processed: list[dict]) -> float:
+    """mlvu_aggregate_results_dev: M-Avg, the mean over all seven task types (absent types count 0)."""
+    return sum(_mlvu_by_type(processed).values()) / len(MLVU_TASK_TYPES)
+
+
+# ---- LongVideoBench (val, video) -------------------------------------------------------------------
+def longvideobench_load(data_dir: Path) -> list[Doc]:
+    """LongVideoBench as longvideobench/LongVideoBench ships it: ``lvb_val.json`` (video_path,
+    question, option0..4 with "N/A" padding, correct_choice index, duration_group,
+    question_category, id), videos in ``videos/``."""
+    rows = _find_tables(data_dir, ["**/lvb_val.json", "**/*validation*.parquet"], "LongVideoBench validation table")
+    return [Doc(i, data_dir / "videos" / row["video_path"], row, "longvideobench_val_v") for i, row in enumerate(rows)]
+
+
+def _lvb_options(row: dict) -> list[str]:
+    return [row.get(f"option{i}") for i in range(5) if row.get(f"option{i}") != "N/A"]
+
+
+def longvideobench_prompt(doc: Doc) -> str:
+    """longvideobench_doc_to_text with the default kwargs."""
+    options = "\n".join(". ".join([chr(ord("A") + i), option]) for i, option in enumerate(_lvb_options(doc.data)))
+    return f"{doc.data['question']}\n{options}\nAnswer with the option's letter from the given choices directly.\n"
+
+
+def _lvb_parse(response: str, choices: list[str], rng: random.Random) -> str:
+    """parse_multi_choice_response of lmms-eval's LongVideoBench (a random choice when nothing parses)."""
+    s = response.strip()
+    for prefix in ["The best answer is", "The correct answer is", "The answer is", "The answer", "The best option is",
+                   "The correct option is", "Best answer:", "Best option:"]:
+        s = s.replace(prefix, "")
+    if len(s.split()) > 10 and not re.search("[ABCDE]", s):
+        return rng.choice(choices)
+    matches = re.search(r"[ABCDE]", s)
+    return rng.choice(choices) if matches is None else matches[0]
+
+
+def longvideobench_process(doc: Doc, response: str, parser: str, rng: random.Random | None = None) -> dict:
+    """longvideobench_process_results (its choices stop at the first "N/A")."""
+    choices = []
+    for i in range(5):
+        if doc.data.get(f"option{i}") == "N/A":
+            break
+        choices.append(chr(ord("A") + i))
+    row = doc.data
+    return {"id": row["id"], "duration_group": row["duration_group"], "question_category": row["question_category"],
+            "answer": chr(ord("A") + int(row["correct_choice"])), "parsed_pred": _lvb_parse(response, choices, rng or random.Random(0))}
+
+
+def longvideobench_aggregate(processed: list[dict]) -> float:
+    """longvideobench_aggregate_results: the fraction correct, rounded to 5 decimals (each sample
+    counts once in its duration group and once in its category, so the pooled value is the plain one)."""
+    subsets: dict = {}
+    for p in processed:
+        subsets.setdefault(p["duration_group"], []).append(p)
+        subsets.setdefault(p["question_category"], []).append(p)
+    correct = sum(sum(s["answer"] == s["parsed_pred"] for s in items) for items in subsets.values())
+    total = sum(len(items) for items in subsets.values())
+    return round(correct / total, 5) if total else 0
+
+
+def longvideobench_breakdown(processed: list[dict]) -> dict:
+    groups: dict[str, dict[str, list]] = {"duration_group": {}, "question_category": {}}
+    for p in processed:
+        for key in groups:
+            groups[key].setdefault(str(p[key]), []).append(p["answer"] == p["parsed_pred"])
+    return {key: {name: round(sum(v) / len(v), 5) for name, v in sorted(values.items())} for key, values in groups.items()}
+
+
+# ---- Perception Test (multiple-choice val) --------------------------------------------------------
+def perceptiontest_load(data_dir: Path) -> list[Doc]:
+    """Perception Test mc val as lmms-eval/PerceptionTest_Val ships it: mc_question_val parquet/json
+    rows (video_name, question, options, answer_id, area, reasoning, tag), ``videos/<video_name>.mp4``."""
+    rows = _find_tables(data_dir, ["**/mc_question_val*/*.parquet", "**/mc_question_val*.parquet",
+                                   "**/mc_question_val*.json"], "Perception Test mc_question_val table")
+    return [Doc(i, _video(data_dir / "videos", row["video_name"], (".mp4", ".MP4")), row, "perceptiontest_val_mc")
+            for i, row in enumerate(rows)]
+
+
+def perceptiontest_prompt(doc: Doc) -> str:
+    """perceptiontest_val_doc_to_text."""
+    question = doc.data["question"]
+    for index, option in enumerate(doc.data["options"]):
+        question += "\n" + ("A. " if index == 0 else "B. " if index == 1 else "C. ") + option
+    return question + "\nAnswer with the option's letter from the given choices directly."
+
+
+def perceptiontest_process(doc: Doc, response: str, parser: str, rng: random.Random | None = None) -> dict:
+    """perceptiontest_val_process_results_mc."""
+    match = re.search(r"\b([A-D])\b", response.strip())
+    index = {"A": 0, "B": 1, "C": 2, "D": 3}.get(match.group(1).upper() if match else "", -1)
+    return {"video_name": doc.data["video_name"], "question": doc.data["question"], "pred_id": index,
+            "answer_id": doc.data["answer_id"], "correct": 1 if index == int(doc.data["answer_id"]) else 0}
+
+
+def _fraction(processed: list[dict], key: str) -> float:
+    return sum(p[key] == 1 for p in processed) / len(processed)
+
+
+# ---- NExT-QA (multiple choice) ---------------------------------------------------------------------
+OPTIONS = ["A", "B", "C", "D", "E"]
+
+
+def nextqa_load(data_dir: Path) -> list[Doc]:
+    """NExT-QA mc as lmms-eval/NExTQA ships it: MC test parquet rows (video, question, a0..a4, answer
+    index), videos ``NExTVideo/<video>.mp4``."""
+    rows = _find_tables(data_dir, ["**/MC/*.parquet", "**/MC*.parquet", "**/*mc*.json"], "NExT-QA MC table")
+    return [Doc(i, _video(data_dir / "NExTVideo", str(row["video"]), (".mp4", ".MP4")), row, "nextqa_mc_test")
+            for i, row in enumerate(rows)]
+
+
+def nextqa_prompt(doc: Doc) -> str:
+    """nextqa_doc_to_text_mc (the task sets no pre/post prompt)."""
+    lines = [doc.data["question"].strip()] + [f"{OPTIONS[i]}. {doc.data[f'a{i}'].strip()}" for i in range(5)]
+    return "\n".join(lines)
+
+
+def _mmmu_parse(response: str, index2ans: dict[str, str], rng: random.Random, last: bool) -> tuple[str, bool]:
+    """MMMU-style parse_multi_choice_response as lmms-eval's NExT-QA (``last``: the latest mention
+    wins) and EgoSchema (the earliest wins; every format collected) tasks have it."""
+    choices = list(index2ans)
+    for char in [",", ".", "!", "?", ";", ":", "'"]:
+        response = response.strip(char)
+    response = " " + response + " "
+    index_ans, with_brackets, candidates = True, False, []
+    if last:  # NExT-QA: the first format that matches
+        candidates = [c for c in choices if f"({c})" in response]
+        with_brackets = bool(candidates)
+        candidates = candidates or [c for c in choices if f"{c} " in response] or [c for c in choices if f"{c}." in response]
+        marks = {c: (f"({c})" if with_brackets else f" {c} ") for c in candidates}
+    else:  # EgoSchema: all formats, as written
+        candidates = ([f"({c})" for c in choices if f"({c})" in response] + [f"{c} " for c in choices if f"{c} " in response]
+                      + [f"{c}." for c in choices if f"{c}." in response])
+        marks = {c: c for c in candidates}
+    if not candidates and len(response.split()) > 5:
+        candidates = [index for index, answer in index2ans.items() if answer.lower() in response.lower()]
+        index_ans = False
+    if not candidates:
+        return rng.choice(choices), False
+    if len(candidates) > 1:
+        if index_ans:
+            starts = [response.rfind(marks[c]) for c in candidates]
+        else:
+            starts = [response.lower().rfind(index2ans[c].lower()) for c in candidates]
+        pick = max if last else min
+        chosen = candidates[starts.index(pick(starts))]  # numpy's argmax/argmin: the first extreme
+    else:
+        chosen = candidates[0]
+    return chosen.replace("(", "").replace(")", "").replace(".", "").strip(), True
+
+
+def nextqa_process(doc: Doc, response: str, parser: str, rng: random.Random | None = None) -> dict:
+    """nextqa_mc_process_results."""
+    index2ans = {OPTIONS[i]: doc.data[f"a{i}"].strip() for i in range(5)}
+    parsed, _ = _mmmu_parse(response, index2ans, rng or random.Random(0), last=True)
+    return {"exact_match": parsed == OPTIONS[int(doc.data["answer"])]}
+
+
+def nextqa_aggregate(processed: list[dict]) -> float:
+    """lmms-eval's "mean" of exact_match: a fraction."""
+    return sum(p["exact_match"] for p in processed) / len(processed)
+
+
+# ---- EgoSchema (the subset with public answers) ---------------------------------------------------
+def egoschema_load(data_dir: Path) -> list[Doc]:
+    """EgoSchema's 500-question subset as lmms-eval/egoschema ships it: Subset parquet rows
+    (video_idx, question, option[5], answer index), ``videos/<video_idx>.mp4``."""
+    rows = _find_tables(data_dir, ["**/Subset/*.parquet", "**/Subset*.parquet", "**/subset*.json"],
+                        "EgoSchema Subset table")
+    return [Doc(i, _video(data_dir / "videos", row["video_idx"], (".mp4", ".MP4")), row, "egoschema_subset")
+            for i, row in enumerate(rows)]
+
+
+def egoschema_prompt(doc: Doc) -> str:
+    """egoschema_doc_to_text."""
+    return doc.data["question"] + "".join("\n" + op for op in doc.data["option"]) + (
+        "\nAnswer with the option's letter from the given choices directly.")
+
+
+def egoschema_process(doc: Doc, response: str, parser: str, rng: random.Random | None = None) -> dict:
+    """egoschema_process_results_generation (its "score" part)."""
+    index2ans = {OPTIONS[i]: doc.data["option"][i].strip() for i in range(5)}
+    parsed, _ = _mmmu_parse(response, index2ans, rng or random.Random(0), last=False)
+    return {"pred": {"A": 0, "B": 1, "C": 2, "D": 3, "E": 4}.get(parsed, -1), "ground_truth": doc.data["answer"]}
+
+
+def egoschema_aggregate(processed: list[dict]) -> float:
+    """egoschema_aggregate_score: a fraction."""
+    return sum(str(p["ground_truth"]) == str(p["pred"]) for p in processed) / len(processed)
+
+
 TASKS: dict[str, Task] = {
     "videomme": Task("videomme", "videomme_perception_score", videomme_load, videomme_prompt,
                      lambda doc: doc.data["answer"], videomme_process, videomme_aggregate, videomme_breakdown,
@@ -336,6 +574,18 @@ TASKS: dict[str, Task] = {
                                 videomme_aggregate, videomme_breakdown, parsers=("lmms-eval", "official")),
     "mvbench": Task("mvbench", "mvbench_accuracy", mvbench_load, mvbench_prompt, lambda doc: doc.data["answer"],
                     mvbench_process, mvbench_aggregate, subtasks=[f"mvbench_{t}" for t in MVBENCH_ORDER]),
+    "mlvu": Task("mlvu_dev", "mlvu_percetion_score", mlvu_load, mlvu_prompt, lambda doc: doc.data["answer"],
+                 mlvu_process, mlvu_aggregate, lambda processed: {"task_type": _mlvu_by_type(processed)}),
+    "longvideobench": Task("longvideobench_val_v", "lvb_acc", longvideobench_load, longvideobench_prompt,
+                           lambda doc: str(doc.data["correct_choice"]), longvideobench_process, longvideobench_aggregate,
+                           longvideobench_breakdown, max_new_tokens=32),
+    "perceptiontest": Task("perceptiontest_val_mc", "accuracy", perceptiontest_load, perceptiontest_prompt,
+                           lambda doc: str(doc.data["answer_id"]), perceptiontest_process,
+                           lambda processed: _fraction(processed, "correct"), max_new_tokens=1024),
+    "nextqa": Task("nextqa_mc_test", "exact_match", nextqa_load, nextqa_prompt, lambda doc: str(doc.data["answer"]),
+                   nextqa_process, nextqa_aggregate, max_new_tokens=1024),
+    "egoschema": Task("egoschema_subset", "score", egoschema_load, egoschema_prompt, lambda doc: str(doc.data["answer"]),
+                      egoschema_process, egoschema_aggregate),
     "jsonl": Task("jsonl", "accuracy", jsonl_load, jsonl_prompt, jsonl_target, jsonl_process, jsonl_aggregate,
                   max_new_tokens=64),
 }

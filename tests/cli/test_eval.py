@@ -202,3 +202,49 @@ def test_a_malformed_jsonl_line_is_named(tmp_path):
     (tmp_path / "q.jsonl").write_text('{"video": "a.mp4", "question": "q", "answer": "x"}\nnot json\n')
     result = run_eval("jsonl", "--data-dir", str(tmp_path))
     assert result.exit_code == 1 and "q.jsonl line 2" in result.output
+
+
+def write_table(path, rows):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".parquet":
+        pandas.DataFrame(rows).to_parquet(path)
+    else:
+        path.write_text(json.dumps(rows))
+
+
+LAYOUTS = {
+    # benchmark: (table path, video path, rows for two questions about that video, results key, metric)
+    "mlvu": ("mlvu_dev/test.parquet", "1_plotQA/m1.mp4",
+             [{"video_name": "1_plotQA/m1.mp4", "question": f"Q{i}?\n(A) x\n(B) y", "answer": "B", "task_type": "plotQA"}
+              for i in range(2)], "mlvu_dev", "mlvu_percetion_score,none"),
+    "longvideobench": ("lvb_val.json", "videos/v1.mp4",
+                       [{"id": f"l{i}", "video_path": "v1.mp4", "question": "Q?", "option0": "x", "option1": "y",
+                         "option2": "N/A", "option3": "N/A", "option4": "N/A", "correct_choice": 0,
+                         "duration_group": 15, "question_category": "TOS"} for i in range(2)],
+                       "longvideobench_val_v", "lvb_acc,none"),
+    "perceptiontest": ("mc_question_val/validation.parquet", "videos/video_1.mp4",
+                       [{"video_name": "video_1", "question": "Q?", "options": ["x", "y", "z"], "answer_id": 1,
+                         "area": "memory", "reasoning": "r", "tag": ["t"], "question_id": f"q{i}"} for i in range(2)],
+                       "perceptiontest_val_mc", "accuracy,none"),
+    "nextqa": ("MC/test.parquet", "NExTVideo/1234.mp4",
+               [{"video": 1234, "question": "why ", "a0": "a", "a1": "b", "a2": "c", "a3": "d", "a4": "e", "answer": 2,
+                 "qid": i} for i in range(2)], "nextqa_mc_test", "exact_match,none"),
+    "egoschema": ("Subset/test.parquet", "videos/abc.mp4",
+                  [{"video_idx": "abc", "question": f"Q{i}?", "option": [f"{l}. o" for l in "ABCDE"], "answer": 1}
+                   for i in range(2)], "egoschema_subset", "score,none"),
+}
+
+
+@pytest.mark.parametrize("benchmark", sorted(LAYOUTS))
+def test_every_benchmark_reads_its_layout_and_scores(benchmark, tiny_checkpoint, tmp_path):
+    table, video, rows, key, metric = LAYOUTS[benchmark]
+    data = tmp_path / "data"
+    write_table(data / table, rows)
+    make_video(data / video)
+    result = run_eval(benchmark, "--data-dir", str(data), *common(tiny_checkpoint, tmp_path / "out"),
+                      "--max-new-tokens", "4")
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert metric in report["results"][key] and report["results"][key]["missing_videos"] == 0
+    samples = lines(tmp_path / "out" / f"samples_{key}.jsonl")
+    assert len(samples) == 2 and all(s["input"] for s in samples)

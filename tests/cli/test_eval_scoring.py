@@ -64,3 +64,39 @@ def test_jsonl_multiple_choice_and_open_answers():
     open_question = Doc(1, None, {"video": "v.mp4", "question": "Colour?", "answer": "Green"}, "jsonl")
     assert task.process(open_question, "green.", "lmms-eval")["score"] == 1.0
     assert task.aggregate([{"score": 1.0}, {"score": 0.0}, {"score": 1.0}, {"score": 1.0}]) == 75.0
+
+
+def sequential(task_name: str, doc: Doc) -> list[dict]:
+    """Score every response in order with one generator seeded 0, as lmms-eval's run does."""
+    import random
+
+    rng = random.Random(0)
+    task = TASKS[task_name]
+    return [task.process(doc, response, "lmms-eval", rng) for response in RESPONSES]
+
+
+@pytest.mark.parametrize(
+    "name,doc_key,prompt_key,results_key,aggregate_key",
+    [
+        ("mlvu", "mlvu_doc", "mlvu_prompt", "mlvu_process_results", "mlvu_aggregate"),
+        ("longvideobench", "lvb_doc", "lvb_prompt", "lvb_process_results", "lvb_aggregate"),
+        ("perceptiontest", "perception_doc", "perception_prompt", "perception_process_results", "perception_aggregate"),
+        ("nextqa", "nextqa_doc", "nextqa_prompt", "nextqa_process_results", None),
+        ("egoschema", "egoschema_doc", "egoschema_prompt", "egoschema_process_results", "egoschema_aggregate"),
+    ],
+)
+def test_other_benchmarks_match_lmms_eval(name, doc_key, prompt_key, results_key, aggregate_key):
+    task = TASKS[name]
+    doc = Doc(0, None, GOLDEN[doc_key], task.name)
+    assert task.prompt(doc) == GOLDEN[prompt_key]
+    ours = sequential(name, doc)
+    assert ours == GOLDEN[results_key]
+    if aggregate_key is not None:
+        assert task.aggregate(ours) == GOLDEN[aggregate_key]
+
+
+def test_reported_scales_follow_lmms_eval():
+    # percent for Video-MME, MVBench and MLVU; fractions for LongVideoBench, Perception Test, NExT-QA, EgoSchema
+    assert TASKS["videomme"].aggregate([{"pred_answer": "A", "answer": "A"}]) == 100
+    assert TASKS["perceptiontest"].aggregate([{"correct": 1}]) == 1
+    assert TASKS["egoschema"].aggregate([{"pred": 1, "ground_truth": 1}]) == 1

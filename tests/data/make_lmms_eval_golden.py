@@ -12,6 +12,8 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
+import os
+import random
 import sys
 import types
 from pathlib import Path
@@ -30,6 +32,17 @@ RESPONSES = [
 VIDEOMME_DOC = {"question_id": "001-1", "duration": "short", "domain": "Knowledge", "sub_category": "Humanity & History",
                 "task_type": "Counting Problem", "videoID": "vid001", "question": "How many?",
                 "options": ["A. one", "B. two", "C. three", "D. four"], "answer": "B"}
+MLVU_DOC = {"video_name": "1_plotQA/movie.mp4", "question": "What happens?\n(A) one\n(B) two\n(C) three\n(D) four",
+            "answer": "B", "task_type": "plotQA"}
+LVB_DOC = {"id": "lvb-1", "video_path": "x.mp4", "question": "What is shown?", "option0": "A cat", "option1": "A dog",
+           "option2": "A bird", "option3": "N/A", "option4": "N/A", "correct_choice": 1, "duration_group": 600,
+           "question_category": "TOS"}
+PERCEPTION_DOC = {"video_name": "video_1", "question": "What is in the box?", "options": ["a ball", "a cup", "nothing"],
+                  "answer_id": 2, "area": "memory", "reasoning": "counting", "tag": ["x"], "question_id": "q1"}
+NEXTQA_DOC = {"video": 1234, "question": "why did the boy cry ", "a0": "fell down", "a1": "hungry", "a2": "lost toy",
+              "a3": "tired", "a4": "scared", "answer": 2}
+EGOSCHEMA_DOC = {"video_idx": "abc", "question": "What is C doing?",
+                 "option": ["A. cooking food", "B. washing dishes", "C. reading", "D. sleeping", "E. walking"], "answer": 1}
 MVBENCH_DOC = {"video": "x.mp4", "question": "What does the man do?",
                "candidates": ["Opens the fridge", "Closes the door", "Sits down"], "answer": "Closes the door"}
 
@@ -57,10 +70,20 @@ def load(name: str, path: Path):
 def main(source: Path) -> None:
     tasks = source / "lmms_eval" / "tasks"
     stub_harness()
+    os.environ.setdefault("HF_HOME", "/tmp/hf_home")
+    for helper in ("default_template_yaml", "file_utils", "video_loader"):
+        load(f"lmms_eval.tasks._task_utils.{helper}", tasks / "_task_utils" / f"{helper}.py")
+    sys.modules["lmms_eval"].utils = types.SimpleNamespace(resolve_cache_dir=lambda name, base_dir: os.path.join(base_dir, name))
+    sys.modules["lmms_eval.utils"] = sys.modules["lmms_eval"].utils
     mcq = load("lmms_eval.tasks._task_utils.mcq_extract", tasks / "_task_utils" / "mcq_extract.py")
     videomme = load("lmms_eval_videomme_utils", tasks / "videomme" / "utils.py")
     mvbench = load("lmms_eval_mvbench_utils", tasks / "mvbench" / "utils.py")
     mmworld = load("lmms_eval_mmworld_utils", tasks / "mmworld" / "utils.py")  # the older Video-MME parser
+    mlvu = load("lmms_eval_mlvu_utils", tasks / "mlvu" / "utils.py")
+    perception = load("lmms_eval_perceptiontest_utils", tasks / "perceptiontest" / "val" / "utils.py")
+    egoschema = load("lmms_eval_egoschema_utils", tasks / "egoschema" / "utils.py")
+    nextqa = load("lmms_eval_nextqa_utils", tasks / "nextqa" / "utils.py")
+    longvideobench = load("lmms_eval_longvideobench_utils", tasks / "longvideobench" / "utils.py")
     golden = {
         "lmms_eval_version": "0.7.3",
         "responses": RESPONSES,
@@ -75,6 +98,27 @@ def main(source: Path) -> None:
         "mvbench_process_results": [mvbench.mvbench_process_results(MVBENCH_DOC, [r]) for r in RESPONSES],
         "mvbench_prompt": mvbench.mvbench_doc_to_text(MVBENCH_DOC, {"post_prompt": "Only give the best option.\n"}),
     }
+    mlvu_results = [mlvu.mlvu_process_results(MLVU_DOC, [r])["mlvu_percetion_score"] for r in RESPONSES]
+    golden.update(mlvu_doc=MLVU_DOC, mlvu_prompt=mlvu.mlvu_doc_to_text(MLVU_DOC, {"pre_prompt": "", "post_prompt": "\nOnly give the best option.\nBest option: ("}),
+                  mlvu_process_results=mlvu_results, mlvu_aggregate=mlvu.mlvu_aggregate_results_dev(mlvu_results))
+    random.seed(0)  # lmms-eval's seed; the parsers below guess randomly when nothing parses
+    lvb_results = [longvideobench.longvideobench_process_results(LVB_DOC, [r])["lvb_acc"] for r in RESPONSES]
+    golden.update(lvb_doc=LVB_DOC, lvb_prompt=longvideobench.longvideobench_doc_to_text(
+        LVB_DOC, {"pre_prompt": "", "post_prompt": "Answer with the option's letter from the given choices directly.\n"}),
+        lvb_process_results=lvb_results, lvb_aggregate=longvideobench.longvideobench_aggregate_results(lvb_results))
+    perception_results = [perception.perceptiontest_val_process_results_mc(PERCEPTION_DOC, [r])["accuracy"] for r in RESPONSES]
+    golden.update(perception_doc=PERCEPTION_DOC, perception_prompt=perception.perceptiontest_val_doc_to_text(
+        PERCEPTION_DOC, {"pre_prompt": "", "post_prompt": ""}), perception_process_results=perception_results,
+        perception_aggregate=perception.perceptiontest_val_aggregate_accuracy(perception_results, None))
+    random.seed(0)
+    nextqa_results = [nextqa.nextqa_mc_process_results(NEXTQA_DOC, [r]) for r in RESPONSES]
+    golden.update(nextqa_doc=NEXTQA_DOC, nextqa_prompt=nextqa.nextqa_doc_to_text_mc(NEXTQA_DOC, {}),
+                  nextqa_process_results=[{"exact_match": bool(p["exact_match"])} for p in nextqa_results])
+    random.seed(0)
+    ego_results = [egoschema.egoschema_process_results_generation(EGOSCHEMA_DOC, [r])["score"] for r in RESPONSES]
+    golden.update(egoschema_doc=EGOSCHEMA_DOC, egoschema_prompt=egoschema.egoschema_doc_to_text(
+        EGOSCHEMA_DOC, {"pre_prompt": "", "post_prompt": "\nAnswer with the option's letter from the given choices directly."}),
+        egoschema_process_results=ego_results, egoschema_aggregate=egoschema.egoschema_aggregate_score(ego_results, None))
     golden["videomme_aggregate"] = videomme.videomme_aggregate_results(
         [p["videomme_perception_score"] for p in golden["videomme_process_results"]]
     )
