@@ -111,7 +111,7 @@ def check_path(path: str | Path) -> Path:
     if not path.exists():
         raise UserError(f"{path}: no such file; check the path")
     if path.is_dir():
-        raise UserError(f"{path} is a directory; give a video file")
+        raise UserError(f"{path} is a directory with no image frames; give a video file or a folder of frames")
     if path.stat().st_size == 0:
         raise UserError(f"{path} is empty (0 bytes); it is not a video")
     try:
@@ -389,9 +389,44 @@ def _ffmpeg_sequential(info: VideoInfo, times: list[float], max_side: int | None
     return np.stack([decoded[k] for k in picks]), [start + k / info.fps for k in picks]
 
 
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+# A folder of frames carries no frame rate; MVBench's, the one benchmark that ships them, are 3 fps.
+FRAME_FOLDER_FPS = 3.0
+
+
+def frame_files(path: Path) -> list[Path]:
+    return sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) if path.is_dir() else []
+
+
+def read_frame_folder(path: Path, request: SamplingRequest) -> tuple[VideoInfo, SampledFrames]:
+    """A folder of image frames (sorted by name) taken as a FRAME_FOLDER_FPS video."""
+    began = time.perf_counter()
+    files = frame_files(path)
+    first = cv2.imread(str(files[0]))
+    if first is None:
+        raise UserError(f"{files[0]} is not a readable image")
+    info = VideoInfo(str(path), first.shape[1], first.shape[0], FRAME_FOLDER_FPS, len(files), len(files) / FRAME_FOLDER_FPS,
+                     0, False, "images")
+    times = sample_times(info, request)
+    indices = [min(frame_at(t, info.fps), len(files) - 1) for t in times]
+    frames = []
+    for index in indices:
+        image = cv2.imread(str(files[index]))
+        if image is None:
+            raise UserError(f"{files[index]} is not a readable image")
+        frames.append(_resize(image, request.max_side)[..., ::-1])
+    sizes = {f.shape for f in frames}
+    if len(sizes) > 1:
+        raise UserError(f"the frames in {path} differ in size ({sorted(sizes)}); they must be one video's frames")
+    return info, SampledFrames(np.stack(frames), indices, [i / info.fps for i in indices], times, "exact", "images",
+                               time.perf_counter() - began)
+
+
 def read_frames(path: str | Path, request: SamplingRequest, info: VideoInfo | None = None) -> tuple[VideoInfo, SampledFrames]:
     """Probe ``path`` (unless ``info`` is given) and return the sampled frames (RGB, rotation
-    applied) with their provenance."""
+    applied) with their provenance. A folder of image frames is read as a video."""
+    if info is None and frame_files(Path(path)):
+        return read_frame_folder(Path(path), request)
     began = time.perf_counter()
     info = info or probe(path)
     times = sample_times(info, request)

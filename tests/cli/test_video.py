@@ -171,3 +171,15 @@ def test_summary_has_no_pixels(videos):
     summary = frames.summary()
     assert "pixels" not in summary and summary["shape"] == [2, 128, 128, 3]
     assert math.isclose(summary["timestamps"][0], frames.indices[0] / FPS)
+
+
+def test_a_folder_of_frames_is_a_video(tmp_path):
+    import cv2
+
+    from crosslmm_cli.synthetic_video import index_frame
+
+    for index in range(12):
+        cv2.imwrite(str(tmp_path / f"{index:05d}.jpg"), index_frame(index, 64, 64)[..., ::-1])
+    info, frames = read_frames(tmp_path, SamplingRequest(num_frames=4))
+    assert info.frame_count == 12 and info.codec == "images" and frames.backend == "images"
+    assert decoded_indices(frames) == frames.indices == [1, 4, 7, 10]  # segment centres of 12 frames
