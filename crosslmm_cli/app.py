@@ -211,6 +211,60 @@ def evaluate(
 
 @app.command()
 @user_errors
+def finetune(
+    folder: Annotated[Path, typer.Argument(help="videos anywhere under it and annotations.jsonl (or .json)")],
+    output: Annotated[Path, typer.Option(help="checkpoint directory to write (ask/eval load it with --model)")],
+    model: Annotated[str, typer.Option(help="base: preset name, checkpoint directory or hub id")] = "crosslmm-ov-0.5b",
+    stage: Annotated[int, typer.Option(help="1: projector + V2V, LLM and vision frozen, T2V off; 2: end to end, T2V on")] = 2,
+    full: Annotated[bool, typer.Option(help="stage 2: train all LLM weights instead of LoRA adapters")] = False,
+    train_vision: Annotated[bool, typer.Option(help="stage 2: train the vision tower too, at --vision-lr")] = False,
+    v2v: Annotated[bool, typer.Option(help="use and train the V2V cross-attention")] = True,
+    t2v: Annotated[bool, typer.Option(help="stage 2: use and train the T2V cross-attention")] = True,
+    lr: Annotated[Optional[float], typer.Option(help="learning rate (default 1e-3 stage 1, 1e-5 stage 2)")] = None,
+    vision_lr: Annotated[float, typer.Option(help="vision tower learning rate with --train-vision")] = 2e-6,
+    lora_rank: Annotated[int, typer.Option(help="LoRA rank (stage 2 without --full)")] = 16,
+    batch_size: Annotated[int, typer.Option(help="samples per device per step")] = 1,
+    grad_accum: Annotated[int, typer.Option(help="gradient accumulation steps")] = 1,
+    epochs: Annotated[int, typer.Option(help="passes over the data")] = 1,
+    max_steps: Annotated[Optional[int], typer.Option(help="optimizer steps (overrides --epochs)")] = None,
+    frames: Annotated[int, typer.Option(help="frames sampled per video")] = 8,
+    tokens_per_frame: Annotated[Optional[int], typer.Option(help="pooled tokens per frame")] = None,
+    seed: Annotated[int, typer.Option(help="seeds initialisation order, data order and dropout")] = 0,
+    save_every: Annotated[int, typer.Option(help="optimizer steps between checkpoints")] = 100,
+    strict: Annotated[bool, typer.Option(help="a bad annotation row stops the run instead of being skipped")] = False,
+    merge: Annotated[bool, typer.Option(help="write full weights even where trained-only + base pointer is smaller")] = False,
+    resume: Annotated[bool, typer.Option(help="continue from the last checkpoint in --output")] = False,
+    gradient_checkpointing: Annotated[bool, typer.Option(help="recompute activations in backward to save memory")] = True,
+    device: Annotated[Optional[str], typer.Option(help="cuda or cpu (default: cuda when present)")] = None,
+) -> None:
+    """Train CrossLMM on a folder of videos and annotations (the paper's Stage I or II); runs
+    unchanged under torchrun / accelerate launch."""
+    from .finetune.train import FinetuneSettings, finetune as train
+
+    settings = FinetuneSettings(
+        folder=folder, output=output, model=model, stage=stage, full=full, train_vision=train_vision, v2v=v2v, t2v=t2v,
+        lr=lr, vision_lr=vision_lr, lora_rank=lora_rank, lora_alpha=2 * lora_rank, batch_size=batch_size,
+        grad_accum=grad_accum, epochs=epochs, max_steps=max_steps, frames=frames, tokens_per_frame=tokens_per_frame,
+        seed=seed, save_every=save_every, strict=strict, merge=merge, resume=resume,
+        gradient_checkpointing=gradient_checkpointing, device=device,
+    )
+    quiet_libraries()
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("{task.fields[stats]}"), TimeRemainingColumn(), console=stderr) as bar:
+        def progress(total: int, done: int):
+            handle = bar.add_task("training", total=total, completed=done, stats="")
+            return lambda row: bar.update(handle, advance=1, stats=(
+                f"loss {row['loss']:.4f}  lr {row['lr']:.2e}  {row['samples_per_s']:.1f} samples/s"))
+
+        summary = train(settings, report=lambda line: stderr.print(f"[yellow]{line}[/]", highlight=False),
+                        progress=progress)
+    stderr.print(f"[green]trained[/] {summary['steps']} steps on {summary['rows']} rows "
+                 f"({summary['skipped_rows']} skipped); {summary['trained_parameters']:,} trained parameters; "
+                 f"saved {summary['saved']} to {output}", highlight=False)
+
+
+@app.command()
+@user_errors
 def bench(
     preset: Annotated[Optional[str], typer.Option(help="preset architecture, random weights (default: crosslmm-2b on CUDA, small on CPU)")] = None,
     frames: Annotated[str, typer.Option(help="comma-separated frame counts (default: 32,64,128,256 on CUDA, 4,8,16,32 on CPU)")] = "",

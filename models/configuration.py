@@ -41,6 +41,7 @@ class CrossLMMConfig(PretrainedConfig):
         image_mean: tuple[float, float, float] = (0.5, 0.5, 0.5),
         image_std: tuple[float, float, float] = (0.5, 0.5, 0.5),
         needs_training: bool = False,  # True for from-parts models whose projector is still random
+        base_checkpoint: str | None = None,  # set in checkpoints that hold only trained tensors: the rest's source
         initializer_range: float = 0.02,
         **kwargs,
     ):
@@ -71,6 +72,7 @@ class CrossLMMConfig(PretrainedConfig):
         self.image_mean = list(image_mean)
         self.image_std = list(image_std)
         self.needs_training = needs_training
+        self.base_checkpoint = base_checkpoint
         self.initializer_range = initializer_range
         super().__init__(**kwargs)
         self.validate_crosslmm()

@@ -3,10 +3,14 @@ the LLM's decoder linears quantised by bitsandbytes (NF4 or 8-bit)."""
 
 from __future__ import annotations
 
+import copy
 import os
 
 import torch
+from safetensors.torch import load_file, save_file
 from transformers import BitsAndBytesConfig
+
+from .configuration import CrossLMMConfig
 
 from .modeling import CrossLMMForConditionalGeneration
 from .processing import CrossLMMProcessor
@@ -55,6 +59,9 @@ def load_model(
     ``config_overrides`` replace config fields (e.g. ``tokens_per_frame``: pooling has no weights).
     Quantised models are placed with ``device_map`` (never moved afterwards). Only safetensors
     weights are read; no remote code is run."""
+    config = CrossLMMConfig.from_pretrained(path, **config_overrides)
+    if config.base_checkpoint is not None:
+        return _load_partial(path, config, quantize, device, dtype)
     quant = quantization_config(quantize, compute_dtype=dtype or torch.bfloat16)
     if quant is not None and dtype is None:
         dtype = torch.bfloat16
@@ -67,6 +74,39 @@ def load_model(
         **config_overrides,
     )
     model.config.validate_crosslmm()
+    return model.eval()
+
+
+def save_partial_checkpoint(
+    model: CrossLMMForConditionalGeneration, processor: CrossLMMProcessor, path: str | os.PathLike,
+    names: list[str], base_checkpoint: str,
+) -> None:
+    """Save only the tensors ``names`` (never quantised ones) and a pointer to the checkpoint that
+    holds the rest; :func:`load_model` puts the two together."""
+    os.makedirs(path, exist_ok=True)
+    state = model.state_dict()
+    save_file({name: state[name].detach().contiguous().cpu() for name in names}, os.path.join(path, PARTIAL_WEIGHTS),
+              metadata={"format": "pt"})
+    config = copy.deepcopy(model.config)
+    config.base_checkpoint = str(base_checkpoint)
+    config.save_pretrained(path)
+    processor.save_pretrained(path)
+
+
+PARTIAL_WEIGHTS = "trained.safetensors"
+
+
+def _load_partial(path, config: CrossLMMConfig, quantize: str, device, dtype) -> CrossLMMForConditionalGeneration:
+    model = load_model(config.base_checkpoint, quantize=quantize, device=device, dtype=dtype,
+                       tokens_per_frame=config.tokens_per_frame)
+    trained = load_file(os.path.join(path, PARTIAL_WEIGHTS), device=str(device))
+    state = model.state_dict()
+    unknown = sorted(set(trained) - set(state))
+    if unknown:
+        raise ValueError(f"{path} holds tensors the base model has no place for: {unknown[:3]}")
+    model.load_state_dict({k: v.to(state[k].dtype) for k, v in trained.items()}, strict=False)
+    model.set_cross_attention(v2v=config.v2v, t2v=config.t2v)
+    model.config.needs_training = config.needs_training
     return model.eval()
 
 

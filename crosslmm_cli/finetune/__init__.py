@@ -1,0 +1,1 @@
+"""`crosslmm finetune`: train CrossLMM on a folder of videos and annotations."""

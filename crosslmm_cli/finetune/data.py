@@ -1,0 +1,185 @@
+"""A training folder: videos anywhere under it and ``annotations.jsonl`` (or ``.json``) in one of
+three row formats, turned into token ids with loss on the answer tokens only.
+
+- LLaVA conversations: {"video": "rel/path.mp4", "conversations": [{"from": "human", "value":
+  "<video>\\n..."}, {"from": "gpt", "value": "..."}, ...]} (multi-turn allowed);
+- flat question answering: {"video", "question", "answer"};
+- captions (Stage I): {"video", "caption"}.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch.utils.data import Dataset
+
+from ..errors import UserError
+from ..video import SamplingRequest, read_frames
+
+CAPTION_PROMPT = "Describe the video."
+IGNORE_INDEX = -100
+
+
+@dataclass
+class Row:
+    line: int  # 1-based line (or item) number in the annotation file
+    video: Path
+    messages: list[dict]  # {"role": "user" | "assistant", "content": str}; the first user turn carries the video
+
+
+@dataclass
+class FolderReport:
+    rows: list[Row] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)  # "line N: what is wrong"
+
+
+def annotation_file(folder: Path) -> Path:
+    for name in ("annotations.jsonl", "annotations.json"):
+        if (folder / name).is_file():
+            return folder / name
+    raise UserError(f"{folder} has no annotations.jsonl or annotations.json; add one next to the videos")
+
+
+def _messages(row: dict) -> list[dict]:
+    if "conversations" in row:
+        messages = []
+        for turn in row["conversations"]:
+            role = {"human": "user", "gpt": "assistant", "user": "user", "assistant": "assistant"}[turn["from"]]
+            messages.append({"role": role, "content": turn["value"].replace("<video>\n", "").replace("<video>", "")})
+        if not messages or messages[0]["role"] != "user" or all(m["role"] != "assistant" for m in messages):
+            raise ValueError("conversations must start with a human turn and hold a gpt turn")
+        return messages
+    if "caption" in row:
+        return [{"role": "user", "content": CAPTION_PROMPT}, {"role": "assistant", "content": str(row["caption"])}]
+    return [{"role": "user", "content": str(row["question"])}, {"role": "assistant", "content": str(row["answer"])}]
+
+
+def read_folder(folder: Path, check_videos: Callable | None = None) -> FolderReport:
+    """Parse the annotations; every bad row (malformed JSON, unknown format, a path escaping the
+    folder, a missing or unreadable video) becomes a problem naming its line."""
+    folder = folder.resolve()
+    path = annotation_file(folder)
+    report = FolderReport()
+    if path.suffix == ".json":
+        try:
+            items = list(enumerate(json.loads(path.read_text()), 1))
+        except json.JSONDecodeError as error:
+            raise UserError(f"{path.name} is not valid JSON (line {error.lineno}): {error.msg}") from None
+    else:
+        items = []
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                items.append((number, json.loads(line)))
+            except json.JSONDecodeError as error:
+                report.problems.append(f"line {number}: malformed JSON ({error.msg})")
+    checked: dict[Path, str | None] = {}
+    for number, item in items:
+        try:
+            video = (folder / item["video"]).resolve()
+            messages = _messages(item)
+        except (KeyError, TypeError, ValueError, AttributeError) as error:
+            report.problems.append(f"line {number}: not a conversation, question/answer or caption row ({error})")
+            continue
+        if not video.is_relative_to(folder):
+            report.problems.append(f"line {number}: video path {item['video']!r} leaves the folder; it is refused")
+            continue
+        if video not in checked:
+            checked[video] = check_videos(video) if check_videos else None
+        if checked[video] is not None:
+            report.problems.append(f"line {number}: {checked[video]}")
+            continue
+        report.rows.append(Row(number, video, messages))
+    return report
+
+
+def video_problem(video: Path) -> str | None:
+    """Why ``video`` cannot be trained on, or None."""
+    from ..video import probe
+
+    if not video.exists():
+        return f"video {video.name} is missing"
+    try:
+        probe(video)
+    except UserError as error:
+        return str(error)
+    return None
+
+
+def tokenize_conversation(processor, messages: list[dict], num_frames: int) -> tuple[list[int], list[int]]:
+    """Token ids of the chat-templated conversation and labels that keep only the assistant answers
+    (each answer's tokens and its end-of-turn token); the video placeholder goes in the first user
+    turn. Each template segment is tokenised on its own, so the answer spans are exact."""
+    conversation = [dict(m) for m in messages]
+    conversation[0] = {"role": "user", "content": [{"type": "video"}, {"type": "text", "text": conversation[0]["content"]}]}
+    tokenizer = processor.tokenizer
+    ids, labels, rendered = [], [], ""
+    for index, message in enumerate(conversation):
+        text = processor.render_messages(conversation[: index + 1], add_generation_prompt=False)
+        segment, rendered = text[len(rendered):], text
+        if index == 0:
+            segment = processor.expand_video_placeholder(segment, num_frames)
+        if message["role"] != "assistant":
+            pieces = [(segment, False)]
+        else:
+            # "<|im_start|>assistant\n" + answer + "<|im_end|>" + "\n": learn the answer and its end
+            header_end = segment.index("\n") + 1
+            body_end = segment.rindex(message["content"]) + len(message["content"])
+            end_token = segment[body_end:].rstrip("\n")
+            pieces = [(segment[:header_end], False), (segment[header_end:body_end] + end_token, True),
+                      (segment[body_end + len(end_token):], False)]
+        for piece, learn in pieces:
+            if piece:
+                piece_ids = tokenizer(piece, add_special_tokens=False)["input_ids"]
+                ids += piece_ids
+                labels += piece_ids if learn else [IGNORE_INDEX] * len(piece_ids)
+    return ids, labels
+
+
+class VideoQADataset(Dataset):
+    """Rows -> {input_ids, labels, pixels (T, 3, S, S)}; decoded videos are kept in a small cache."""
+
+    def __init__(self, rows: list[Row], processor, frames: int, cache_videos: int = 64):
+        self.rows, self.processor, self.frames = rows, processor, frames
+        self.cache: OrderedDict[Path, torch.Tensor] = OrderedDict()
+        self.cache_videos = cache_videos
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def pixels(self, video: Path) -> torch.Tensor:
+        if video not in self.cache:
+            _, sampled = read_frames(video, SamplingRequest(self.frames, max_side=2 * self.processor.image_size))
+            self.cache[video] = self.processor.preprocess_frames(sampled.pixels)
+            if len(self.cache) > self.cache_videos:
+                self.cache.popitem(last=False)
+        return self.cache[video]
+
+    def __getitem__(self, index: int) -> dict:
+        row = self.rows[index]
+        pixels = self.pixels(row.video)
+        ids, labels = tokenize_conversation(self.processor, row.messages, len(pixels))
+        return {"input_ids": torch.tensor(ids), "labels": torch.tensor(labels), "pixels": pixels}
+
+
+def collate(batch: list[dict], pad_token_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad ids (labels with IGNORE_INDEX) and videos (zero frames, counted in num_frames)."""
+    longest = max(len(item["input_ids"]) for item in batch)
+    frames = max(len(item["pixels"]) for item in batch)
+    input_ids = torch.full((len(batch), longest), pad_token_id, dtype=torch.long)
+    labels = torch.full((len(batch), longest), IGNORE_INDEX, dtype=torch.long)
+    attention_mask = torch.zeros((len(batch), longest), dtype=torch.long)
+    pixels = batch[0]["pixels"].new_zeros(len(batch), frames, *batch[0]["pixels"].shape[1:])
+    for row, item in enumerate(batch):
+        length = len(item["input_ids"])
+        input_ids[row, :length], labels[row, :length], attention_mask[row, :length] = item["input_ids"], item["labels"], 1
+        pixels[row, : len(item["pixels"])] = item["pixels"]
+    num_frames = torch.tensor([len(item["pixels"]) for item in batch])
+    return {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask,
+            "pixel_values_videos": pixels, "num_frames": num_frames}

@@ -1,0 +1,285 @@
+"""The training run: the paper's two stages on the same model core, driven by accelerate (DDP over
+torchrun / ``accelerate launch``, gloo on CPU), with periodic checkpoints and exact resumption."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import torch
+
+from models import save_checkpoint
+from models.loading import save_partial_checkpoint
+
+from ..errors import UserError
+from ..model_source import cache_home, is_checkpoint_dir, open_model, pick_device
+from .data import VideoQADataset, collate, read_folder, video_problem
+
+STAGE_LR = {1: 1e-3, 2: 1e-5}  # paper Table 3 (connector & LLM); the vision tower gets --vision-lr
+LLM_LINEARS = r".*language_model\.model\.layers\.\d+\.(layer\.)?(self_attn|mlp)\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+
+
+@dataclass
+class FinetuneSettings:
+    folder: Path
+    output: Path
+    model: str = "crosslmm-ov-0.5b"
+    stage: int = 2  # 1: projector + V2V (vision tower and LLM frozen, T2V off); 2: end to end, T2V on
+    full: bool = False  # stage 2: train all LLM weights instead of LoRA adapters
+    train_vision: bool = False  # stage 2: train the vision tower too, at vision_lr
+    v2v: bool = True
+    t2v: bool = True  # stage 2 only; stage 1 always trains without T2V
+    lora_rank: int = 16
+    lora_alpha: int = 32
+    lr: float | None = None  # default: 1e-3 for stage 1, 1e-5 for stage 2
+    vision_lr: float = 2e-6
+    batch_size: int = 1
+    grad_accum: int = 1
+    epochs: int = 1
+    max_steps: int | None = None  # optimizer steps; overrides epochs
+    warmup_ratio: float = 0.03
+    frames: int = 8
+    tokens_per_frame: int | None = None
+    seed: int = 0
+    save_every: int = 100  # optimizer steps between checkpoints
+    strict: bool = False  # a bad annotation row is fatal instead of skipped
+    merge: bool = False  # write full weights even where trained-only + base pointer is smaller
+    resume: bool = False
+    gradient_checkpointing: bool = True
+    device: str | None = None
+
+    def __post_init__(self):
+        if self.stage not in (1, 2):
+            raise UserError(f"--stage must be 1 or 2, got {self.stage}")
+        if self.stage == 1 and (self.full or self.train_vision):
+            raise UserError("--full and --train-vision belong to stage 2; stage 1 trains the projector and V2V only")
+        if self.stage == 1 and not self.v2v:
+            raise UserError("stage 1 trains the projector and V2V; --no-v2v leaves it only the projector: use stage 2")
+        if not self.folder.is_dir():
+            raise UserError(f"{self.folder} is not a folder; give the folder with the videos and annotations.jsonl")
+        for name in ("batch_size", "grad_accum", "epochs", "frames", "save_every"):
+            if getattr(self, name) < 1:
+                raise UserError(f"--{name.replace('_', '-')} must be >= 1")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise UserError("--max-steps must be >= 1")
+        self.lr = self.lr or STAGE_LR[self.stage]
+        self.device = pick_device(self.device)
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.output / "checkpoints"
+
+
+# ---- what trains ------------------------------------------------------------------------------------
+def configure_stage(model, settings: FinetuneSettings):
+    """Freeze everything, then open what the stage trains. Returns (model, parameter groups); with
+    LoRA the model comes back wrapped by peft."""
+    model.requires_grad_(False)
+    model.set_cross_attention(v2v=settings.v2v, t2v=settings.t2v and settings.stage == 2)
+    if settings.stage == 2 and not settings.full:
+        from peft import LoraConfig, get_peft_model
+
+        model = get_peft_model(model, LoraConfig(r=settings.lora_rank, lora_alpha=settings.lora_alpha,
+                                                 lora_dropout=0.05, target_modules=LLM_LINEARS))
+    core = model.get_base_model() if hasattr(model, "get_base_model") else model
+    new_parts = [core.multi_modal_projector]
+    for layer in core.cross_attention_layers():
+        if settings.v2v:
+            new_parts.append(layer.cross_attn.v2v)
+        if settings.t2v and settings.stage == 2:
+            new_parts.append(layer.cross_attn.t2v)
+    for part in new_parts:
+        part.requires_grad_(True)
+    core.video_separator.requires_grad_(True)
+    if settings.stage == 2 and settings.full:
+        core.language_model.requires_grad_(True)
+        core.get_input_embeddings().requires_grad_(False)  # embeddings stay (tied lm_head included)
+        if not settings.t2v:
+            for layer in core.cross_attention_layers():
+                layer.cross_attn.t2v.requires_grad_(False)
+    groups = [{"params": [p for n, p in model.named_parameters() if p.requires_grad and "vision_tower" not in n],
+               "lr": settings.lr}]
+    if settings.train_vision:
+        core.vision_tower.requires_grad_(True)
+        groups.append({"params": list(core.vision_tower.parameters()), "lr": settings.vision_lr})
+    return model, groups
+
+
+def trained_tensor_names(model) -> list[str]:
+    return [name for name, p in model.named_parameters() if p.requires_grad]
+
+
+# ---- checkpoints ------------------------------------------------------------------------------------
+def latest_checkpoint(settings: FinetuneSettings) -> Path | None:
+    found = sorted(settings.checkpoints.glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
+    return found[-1] if found else None
+
+
+def resolve_base(spec: str) -> str:
+    """Where the weights not saved by a trained-only checkpoint live."""
+    if is_checkpoint_dir(spec):
+        return str(Path(spec).resolve())
+    if is_checkpoint_dir(cache_home() / spec):
+        return str((cache_home() / spec).resolve())
+    return spec  # a hub id
+
+
+def save_final(model, processor, settings: FinetuneSettings, trained: list[str]) -> str:
+    """Trained-only + base pointer when nothing quantisable was trained (stage 1), unless --merge;
+    else full weights (LoRA merged in). Returns which was written."""
+    core = model.merge_and_unload() if hasattr(model, "merge_and_unload") else model
+    core.config.needs_training = False
+    touches_llm = any(".language_model." in f".{name}" and ".cross_attn." not in name for name in trained)
+    if settings.stage == 1 and not settings.merge and not touches_llm:
+        names = [name for name in trained if not name.startswith("vision_tower.")] + \
+                [name for name in trained if name.startswith("vision_tower.")]
+        save_partial_checkpoint(core, processor, settings.output, names, resolve_base(settings.model))
+        return "trained tensors + base pointer"
+    save_checkpoint(core, processor, settings.output)
+    return "full weights"
+
+
+def plot_loss(metrics_path: Path, png: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [json.loads(line) for line in metrics_path.read_text().splitlines()]
+    figure, axis = plt.subplots(figsize=(6, 3.5))
+    axis.plot([r["step"] for r in rows], [r["loss"] for r in rows])
+    axis.set_xlabel("optimizer step")
+    axis.set_ylabel("loss (answer tokens)")
+    axis.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(png, dpi=110)
+    plt.close(figure)
+
+
+# ---- the run ----------------------------------------------------------------------------------------
+def finetune(settings: FinetuneSettings, report: Callable[[str], None] = lambda _: None,
+             progress: Callable[[int, int], Callable[[dict], None]] | None = None) -> dict:
+    from accelerate import Accelerator, DataLoaderConfiguration, DistributedDataParallelKwargs
+    from accelerate.utils import set_seed
+    from transformers import get_cosine_schedule_with_warmup
+
+    on_cuda = settings.device.startswith("cuda")
+    accelerator = Accelerator(
+        gradient_accumulation_steps=settings.grad_accum, mixed_precision="bf16" if on_cuda else "no", cpu=not on_cuda,
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+    )
+    set_seed(settings.seed)
+    if settings.resume and latest_checkpoint(settings) is None:
+        raise UserError(f"--resume: {settings.checkpoints} holds no checkpoint to resume from")
+    if not settings.resume and latest_checkpoint(settings) is not None:
+        raise UserError(f"{settings.output} already holds a training run; pass --resume to continue it, or choose another --output")
+
+    folder = read_folder(settings.folder, check_videos=video_problem)
+    for problem in folder.problems:
+        report(f"skipped {problem}" if not settings.strict else problem)
+    if folder.problems and settings.strict:
+        raise UserError(f"{len(folder.problems)} bad annotation rows (first: {folder.problems[0]}); fix them or drop --strict")
+    if not folder.rows:
+        raise UserError(f"{settings.folder}: no usable annotation rows")
+
+    model, processor = open_model(settings.model, device="cpu", quantize="none", dtype=torch.float32,
+                                  tokens_per_frame=settings.tokens_per_frame)
+    model.train()
+    if settings.gradient_checkpointing:
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    model, groups = configure_stage(model, settings)
+    trained = trained_tensor_names(model)
+
+    dataset = VideoQADataset(folder.rows, processor, settings.frames)
+    generator = torch.Generator().manual_seed(settings.seed)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=settings.batch_size, shuffle=True, generator=generator,
+                                         collate_fn=partial(collate, pad_token_id=processor.tokenizer.pad_token_id))
+    steps_per_epoch = math.ceil(len(loader) / (settings.grad_accum * accelerator.num_processes))
+    total_steps = settings.max_steps or steps_per_epoch * settings.epochs
+    epochs = math.ceil(total_steps / steps_per_epoch)
+    optimizer = torch.optim.AdamW(groups, weight_decay=0.0)
+    scheduler = get_cosine_schedule_with_warmup(optimizer, int(settings.warmup_ratio * total_steps), total_steps)
+    model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
+
+    step, start_epoch, skip = 0, 0, 0
+    if settings.resume:
+        checkpoint = latest_checkpoint(settings)
+        accelerator.load_state(str(checkpoint))
+        state = json.loads((checkpoint / "trainer_state.json").read_text())
+        step, start_epoch, skip = state["step"], state["epoch"], state["batches_in_epoch"]
+        report(f"resuming from {checkpoint.name} (step {step})")
+    settings.output.mkdir(parents=True, exist_ok=True)
+    metrics_path = settings.output / "metrics.jsonl"
+    if accelerator.is_main_process:  # keep the rows up to the step resumed from (an interrupt may have written more)
+        kept = [line for line in (metrics_path.read_text().splitlines() if metrics_path.exists() else [])
+                if settings.resume and json.loads(line)["step"] <= step]
+        metrics_path.write_text("".join(line + "\n" for line in kept))
+    tick = progress(total_steps, step) if progress and accelerator.is_main_process else (lambda row: None)
+
+    began, window_samples, losses = time.perf_counter(), 0, []
+    for epoch in range(start_epoch, epochs):
+        if hasattr(loader, "set_epoch"):
+            loader.set_epoch(epoch)
+        batches = accelerator.skip_first_batches(loader, skip) if skip else loader
+        seen = skip
+        skip = 0
+        for batch in batches:
+            with accelerator.accumulate(model):
+                loss = model(**batch).loss
+                accelerator.backward(loss)
+                grad_norm = None
+                if accelerator.sync_gradients:
+                    grad_norm = accelerator.clip_grad_norm_([p for g in groups for p in g["params"]], 1.0)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad()
+            seen += 1
+            losses.append(accelerator.gather(loss.detach()[None]).mean().item())
+            window_samples += len(batch["input_ids"]) * accelerator.num_processes
+            if not accelerator.sync_gradients:
+                continue
+            step += 1
+            elapsed = time.perf_counter() - began
+            row = {"step": step, "epoch": epoch, "loss": sum(losses) / len(losses), "lr": scheduler.get_last_lr()[0],
+                   "grad_norm": float(grad_norm) if grad_norm is not None else None,
+                   "samples_per_s": window_samples / elapsed if elapsed > 0 else 0.0}
+            losses, window_samples, began = [], 0, time.perf_counter()
+            if accelerator.is_main_process:
+                with open(metrics_path, "a") as f:
+                    f.write(json.dumps(row) + "\n")
+            tick(row)
+            if step % settings.save_every == 0 or step == total_steps:
+                save_state(accelerator, settings, step, epoch, seen)
+            if step >= total_steps:
+                break
+        if step >= total_steps:
+            break
+
+    accelerator.wait_for_everyone()
+    written = None
+    if accelerator.is_main_process:
+        plot_loss(metrics_path, settings.output / "loss.png")
+        written = save_final(accelerator.unwrap_model(model), processor, settings, trained)
+    accelerator.wait_for_everyone()
+    return {"steps": step, "rows": len(folder.rows), "skipped_rows": len(folder.problems), "saved": written,
+            "trained_parameters": sum(p.numel() for g in groups for p in g["params"])}
+
+
+def save_state(accelerator, settings: FinetuneSettings, step: int, epoch: int, batches_in_epoch: int) -> None:
+    """accelerate's full training state (model, optimizer, scheduler, RNG) and where the data order
+    stands; the two newest are kept."""
+    path = settings.checkpoints / f"step-{step:06d}"
+    accelerator.save_state(str(path))
+    if accelerator.is_main_process:
+        (path / "trainer_state.json").write_text(json.dumps({"step": step, "epoch": epoch,
+                                                             "batches_in_epoch": batches_in_epoch}))
+        for old in sorted(settings.checkpoints.glob("step-*"), key=lambda p: int(p.name.split("-")[1]))[:-2]:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()

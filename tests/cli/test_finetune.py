@@ -1,0 +1,174 @@
+"""`crosslmm finetune` on CPU with a tiny checkpoint and a generated folder."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from crosslmm_cli.app import app
+from crosslmm_cli.synthetic_video import index_frames, write_video
+from models.loading import load_model
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train")
+    (root / "clips").mkdir()
+    for i in range(4):
+        write_video(root / "clips" / f"c{i}.mp4", index_frames(12, 64, 64), (64, 64), 10, "libx264", 4)
+    rows = [
+        {"video": "clips/c0.mp4", "question": "What is it?", "answer": "A red ball."},
+        {"video": "clips/c1.mp4", "conversations": [
+            {"from": "human", "value": "<video>\nWho is there?"}, {"from": "gpt", "value": "A cat."},
+            {"from": "human", "value": "And then?"}, {"from": "gpt", "value": "It sleeps."}]},
+        {"video": "clips/c2.mp4", "caption": "Waves on a beach."},
+        {"video": "clips/c3.mp4", "question": "Colour?", "answer": "Green."},
+    ]
+    lines = [json.dumps(row) for row in rows] + [
+        "{not json",
+        json.dumps({"video": "../outside.mp4", "question": "q", "answer": "a"}),
+        json.dumps({"video": "clips/missing.mp4", "question": "q", "answer": "a"}),
+    ]
+    (root / "annotations.jsonl").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def train(folder, output, *flags):
+    return runner.invoke(app, ["finetune", str(folder), "--output", str(output), "--frames", "2", *flags])
+
+
+def metrics(output):
+    return [json.loads(line) for line in (output / "metrics.jsonl").read_text().splitlines()]
+
+
+def weights(path):
+    return {name: tensor.clone() for name, tensor in load_model(path).state_dict().items()}
+
+
+def changed(before: dict, after: dict) -> set[str]:
+    return {name for name in before if not torch.equal(before[name], after[name])}
+
+
+def test_a_few_steps_reduce_the_loss_and_the_output_answers(folder, tiny_checkpoint, tmp_path, videos):
+    out = tmp_path / "out"
+    result = train(folder, out, "--model", str(tiny_checkpoint), "--full", "--max-steps", "24", "--lr", "2e-3",
+                   "--batch-size", "2")
+    assert result.exit_code == 0, result.output
+    rows = metrics(out)
+    assert [r["step"] for r in rows] == list(range(1, 25))
+    assert set(rows[0]) == {"step", "epoch", "loss", "lr", "grad_norm", "samples_per_s"}
+    first, last = sum(r["loss"] for r in rows[:4]) / 4, sum(r["loss"] for r in rows[-4:]) / 4
+    assert last < 0.8 * first, (first, last)
+    assert (out / "loss.png").read_bytes()[:4] == b"\x89PNG"
+    answer = runner.invoke(app, ["ask", str(videos["mp4"]), "What is it?", "--model", str(out), "--frames", "2",
+                                 "--max-new-tokens", "3"])
+    assert answer.exit_code == 0, answer.output
+
+
+def test_bad_rows_are_reported_with_their_lines(folder, tiny_checkpoint, tmp_path):
+    result = train(folder, tmp_path / "o", "--model", str(tiny_checkpoint), "--stage", "1", "--max-steps", "1")
+    assert result.exit_code == 0, result.output
+    assert "line 5: malformed JSON" in result.output
+    assert "line 6: video path '../outside.mp4' leaves the folder" in result.output
+    assert "line 7: video missing.mp4 is missing" in result.output
+    assert "(3 skipped)" in result.output
+    strict = train(folder, tmp_path / "s", "--model", str(tiny_checkpoint), "--stage", "1", "--strict")
+    assert strict.exit_code == 1 and "3 bad annotation rows" in strict.output and "Traceback" not in strict.output
+
+
+def test_stage_one_trains_only_the_projector_and_v2v(folder, tiny_checkpoint, tmp_path):
+    out = tmp_path / "stage1"
+    assert train(folder, out, "--model", str(tiny_checkpoint), "--stage", "1", "--max-steps", "3").exit_code == 0
+    assert (out / "trained.safetensors").exists() and not (out / "model.safetensors").exists()  # smaller: + base pointer
+    touched = changed(weights(tiny_checkpoint), weights(out))
+    assert touched and all(n.startswith("multi_modal_projector.") or ".cross_attn.v2v." in n or n == "video_separator"
+                           for n in touched), sorted(touched)
+    assert any(n.startswith("multi_modal_projector.") for n in touched)
+    assert any(".cross_attn.v2v." in n for n in touched)
+    assert json.loads((out / "config.json").read_text())["t2v"] is False
+
+
+def test_stage_two_lora_trains_adapters_dcal_and_projector(folder, tiny_checkpoint, tmp_path):
+    out = tmp_path / "stage2"
+    result = train(folder, out, "--model", str(tiny_checkpoint), "--max-steps", "3", "--lr", "1e-3")
+    assert result.exit_code == 0, result.output
+    touched = changed(weights(tiny_checkpoint), weights(out))
+    allowed = re.compile(r"multi_modal_projector\..*|video_separator|.*\.cross_attn\.(v2v|t2v)\..*|"
+                         r"language_model\.model\.layers\.\d+\.(layer\.)?(self_attn|mlp)\.\w+_proj\.weight")
+    assert all(allowed.fullmatch(n) for n in touched), sorted(n for n in touched if not allowed.fullmatch(n))
+    assert any(".cross_attn.t2v." in n for n in touched)
+    assert any(n.endswith("self_attn.q_proj.weight") and "cross_attn" not in n for n in touched)  # LoRA merged in
+    assert not any("lora" in n for n in weights(out))
+
+
+def test_train_vision_opens_the_vision_tower(folder, tiny_checkpoint, tmp_path):
+    out = tmp_path / "vision"
+    result = train(folder, out, "--model", str(tiny_checkpoint), "--full", "--train-vision", "--vision-lr", "1e-3",
+                   "--max-steps", "2")
+    assert result.exit_code == 0, result.output
+    assert any(n.startswith("vision_tower.") for n in changed(weights(tiny_checkpoint), weights(out)))
+
+
+def test_resume_continues_from_the_saved_step_with_the_same_data_order(folder, tiny_checkpoint, tmp_path, monkeypatch):
+    common = ["--model", str(tiny_checkpoint), "--full", "--max-steps", "6", "--save-every", "3", "--lr", "1e-3",
+              "--no-gradient-checkpointing"]
+    straight = tmp_path / "straight"
+    assert train(folder, straight, *common).exit_code == 0
+
+    from crosslmm_cli.finetune import train as train_module
+
+    real_save = train_module.save_state
+
+    def save_then_stop(accelerator, settings, step, *rest):
+        real_save(accelerator, settings, step, *rest)
+        if step == 3:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_module, "save_state", save_then_stop)
+    interrupted = tmp_path / "interrupted"
+    assert train(folder, interrupted, *common).exit_code == 130
+    monkeypatch.setattr(train_module, "save_state", real_save)
+    again = train(folder, interrupted, *common)
+    assert again.exit_code == 1 and "--resume" in again.output
+    resumed = train(folder, interrupted, *common, "--resume")
+    assert resumed.exit_code == 0, resumed.output
+    assert "resuming from step-000003" in resumed.output
+    assert [r["step"] for r in metrics(interrupted)] == list(range(1, 7))
+    assert [r["loss"] for r in metrics(interrupted)] == pytest.approx([r["loss"] for r in metrics(straight)], rel=1e-5)
+    before, after = weights(straight), weights(interrupted)
+    assert all(torch.allclose(before[n], after[n], atol=1e-6) for n in before)
+
+
+@pytest.mark.parametrize(
+    "flags,message",
+    [
+        (["--stage", "3"], "--stage must be 1 or 2"),
+        (["--stage", "1", "--full"], "belong to stage 2"),
+        (["--batch-size", "0"], "--batch-size must be >= 1"),
+        (["--resume"], "holds no checkpoint"),
+    ],
+)
+def test_bad_finetune_flags(folder, tiny_checkpoint, tmp_path, flags, message):
+    result = train(folder, tmp_path / "x", "--model", str(tiny_checkpoint), *flags)
+    assert result.exit_code == 1 and message in result.output and "Traceback" not in result.output
+
+
+def test_two_gloo_processes_train_and_write_one_checkpoint(folder, tiny_checkpoint, tmp_path):
+    out = tmp_path / "ddp"
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29544",
+               "-m", "crosslmm_cli.app", "finetune", str(folder), "--output", str(out), "--model", str(tiny_checkpoint),
+               "--frames", "2", "--full", "--max-steps", "2"]
+    done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (out / "model.safetensors").is_file() and len(metrics(out)) == 2
+    load_model(out)
