@@ -52,6 +52,7 @@ class FinetuneSettings:
     merge: bool = False  # write full weights even where trained-only + base pointer is smaller
     resume: bool = False
     gradient_checkpointing: bool = True
+    quantize: str = "none"  # "nf4": QLoRA, the LLM's decoder linears in 4 bits under LoRA adapters
     device: str | None = None
 
     def __post_init__(self):
@@ -61,6 +62,10 @@ class FinetuneSettings:
             raise UserError("--full and --train-vision belong to stage 2; stage 1 trains the projector and V2V only")
         if self.stage == 1 and not self.v2v:
             raise UserError("stage 1 trains the projector and V2V; --no-v2v leaves it only the projector: use stage 2")
+        if self.quantize not in ("nf4", "none"):
+            raise UserError(f"--quantize must be nf4 or none, got {self.quantize!r}")
+        if self.quantize == "nf4" and (self.stage == 1 or self.full):
+            raise UserError("--quantize nf4 is QLoRA: stage 2 with LoRA adapters (no --full: 4-bit weights do not train)")
         if not self.folder.is_dir():
             raise UserError(f"{self.folder} is not a folder; give the folder with the videos and annotations.jsonl")
         for name in ("batch_size", "grad_accum", "epochs", "frames", "save_every"):
@@ -130,10 +135,33 @@ def resolve_base(spec: str) -> str:
     return spec  # a hub id
 
 
+def merge_into_full_precision(model, settings: FinetuneSettings):
+    """QLoRA: a full-precision copy of the base with the LoRA deltas added to its weights and the
+    other trained tensors (DCALs, projector, ...) copied in; 4-bit weights are never re-quantised."""
+    from peft.tuners.lora import LoraLayer
+
+    full, _ = open_model(settings.model, device="cpu", quantize="none", dtype=torch.float32,
+                         tokens_per_frame=settings.tokens_per_frame)
+    prefix = "base_model.model."
+    with torch.no_grad():
+        for name, module in model.named_modules():
+            if isinstance(module, LoraLayer):
+                target = full.get_submodule(name.removeprefix(prefix))
+                target.weight += module.get_delta_weight("default").float().cpu()
+        trained = {name.removeprefix(prefix): p for name, p in model.named_parameters()
+                   if p.requires_grad and "lora_" not in name}
+        full.load_state_dict({k: v.detach().float().cpu() for k, v in trained.items()}, strict=False)
+    full.set_cross_attention(v2v=model.config.v2v, t2v=model.config.t2v)
+    return full
+
+
 def save_final(model, processor, settings: FinetuneSettings, trained: list[str]) -> str:
     """Trained-only + base pointer when nothing quantisable was trained (stage 1), unless --merge;
     else full weights (LoRA merged in). Returns which was written."""
-    core = model.merge_and_unload() if hasattr(model, "merge_and_unload") else model
+    if settings.quantize == "nf4":
+        core = merge_into_full_precision(model, settings)
+    else:
+        core = model.merge_and_unload() if hasattr(model, "merge_and_unload") else model
     core.config.needs_training = False
     touches_llm = any(".language_model." in f".{name}" and ".cross_attn." not in name for name in trained)
     if settings.stage == 1 and not settings.merge and not touches_llm:
@@ -189,7 +217,9 @@ def finetune(settings: FinetuneSettings, report: Callable[[str], None] = lambda 
     if not folder.rows:
         raise UserError(f"{settings.folder}: no usable annotation rows")
 
-    model, processor = open_model(settings.model, device="cpu", quantize="none", dtype=torch.float32,
+    quantized = settings.quantize == "nf4"
+    model, processor = open_model(settings.model, device=settings.device if quantized else "cpu",
+                                  quantize=settings.quantize, dtype=torch.bfloat16 if quantized else torch.float32,
                                   tokens_per_frame=settings.tokens_per_frame)
     model.train()
     if settings.gradient_checkpointing:

@@ -172,3 +172,16 @@ def test_two_gloo_processes_train_and_write_one_checkpoint(folder, tiny_checkpoi
     assert done.returncode == 0, done.stderr[-3000:]
     assert (out / "model.safetensors").is_file() and len(metrics(out)) == 2
     load_model(out)
+
+
+def test_qlora_on_a_4bit_base_saves_merged_full_precision_weights(folder, tiny_checkpoint, tmp_path):
+    out = tmp_path / "qlora"
+    result = train(folder, out, "--model", str(tiny_checkpoint), "--quantize", "nf4", "--max-steps", "2", "--lr", "1e-2")
+    assert result.exit_code == 0, result.output
+    config = json.loads((out / "config.json").read_text())
+    assert "quantization_config" not in config  # merged into full precision, loadable with or without 4-bit
+    touched = changed(weights(tiny_checkpoint), weights(out))
+    assert any(".cross_attn.t2v." in n for n in touched)
+    assert any(n.endswith("mlp.down_proj.weight") for n in touched)
+    bad = train(folder, tmp_path / "x", "--model", str(tiny_checkpoint), "--quantize", "nf4", "--full")
+    assert bad.exit_code == 1 and "QLoRA" in bad.output
