@@ -82,7 +82,7 @@ def init(
     preset: Annotated[str, typer.Argument(help="preset name (see `crosslmm models`)")],
     outdir: Annotated[Path, typer.Argument(help="directory to write the checkpoint to")],
     tokens_per_frame: Annotated[Optional[int], typer.Option(help="pooled tokens per frame (1, 4, 9, 16, ...)")] = None,
-    dtype: Annotated[str, typer.Option(help="weights dtype: bf16 | fp16 | fp32 (tiny defaults to fp32)")] = "",
+    dtype: Annotated[str, typer.Option(help="weights dtype: bf16 | fp16 | fp32 (random presets default to fp32)")] = "",
     force: Annotated[bool, typer.Option(help="write into a non-empty directory")] = False,
 ) -> None:
     """Build a checkpoint from a preset and save it as a local Hugging Face directory
@@ -95,7 +95,9 @@ def init(
         raise UserError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     quiet_libraries()
     options = {} if tokens_per_frame is None else {"tokens_per_frame": tokens_per_frame}
-    default_dtype = None if preset == "tiny" else DTYPES["bf16"]
+    from models import PRESETS
+
+    default_dtype = None if preset in PRESETS and PRESETS[preset].source == "random" else DTYPES["bf16"]
     with stderr.status(f"building {preset}"):
         create_checkpoint(preset, outdir, dtype=DTYPES[dtype] if dtype else default_dtype, **options)
     stderr.print(f"[green]saved[/] {preset} to {outdir}; use it with --model {outdir}")

@@ -110,7 +110,7 @@ def open_model(
                 # build next to the cache entry and rename: an interrupted build leaves no half checkpoint
                 partial = path.with_name(path.name + ".partial")
                 shutil.rmtree(partial, ignore_errors=True)
-                create_checkpoint(spec, partial, dtype=torch.bfloat16 if spec != "tiny" else None)
+                create_checkpoint(spec, partial, dtype=None if PRESETS[spec].source == "random" else torch.bfloat16)
                 partial.rename(path)
         else:
             check_hub_reachable(f"model {spec!r}")

@@ -27,7 +27,7 @@ from crosslmm_cli.evaluation.tasks import Doc, jsonl_prompt  # noqa: E402
 from crosslmm_cli.synthetic_video import write_video  # noqa: E402
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 220), "yellow": (230, 220, 30)}
-CORNERS = ["top-left", "top-right", "bottom-left", "bottom-right"]
+CORNERS = ["top-left", "top-right", "bottom-left", "bottom-right"]  # asked as "Corner 1?" .. "Corner 4?"
 SIZE, SQUARE = 32, 8  # one square = one 8x8 patch of the tiny vision tower
 
 
@@ -49,7 +49,7 @@ def make_split(folder: Path, count: int, rng: random.Random, frames: int) -> lis
                     extra_output_args=["-qp", "0"])
         corner = rng.randrange(4)
         options = list(COLOURS)  # one fixed order: the letter names the colour
-        rows.append({"video": name, "question": f"What colour is the square in the {CORNERS[corner]} corner?",
+        rows.append({"video": name, "question": f"Corner {corner + 1}?",
                      "options": options, "answer": colours[corner]})
     return rows
 
