@@ -238,6 +238,7 @@ def finetune(
     resume: Annotated[bool, typer.Option(help="continue from the last checkpoint in --output")] = False,
     gradient_checkpointing: Annotated[bool, typer.Option(help="recompute activations in backward to save memory")] = True,
     quantize: Annotated[str, typer.Option(help="nf4: QLoRA (4-bit LLM under LoRA adapters) | none")] = "none",
+    gate_init: Annotated[Optional[float], typer.Option(help="open the trained gates to tanh(x) first (default: as they are)")] = None,
     device: Annotated[Optional[str], typer.Option(help="cuda or cpu (default: cuda when present)")] = None,
 ) -> None:
     """Train CrossLMM on a folder of videos and annotations (the paper's Stage I or II); runs
@@ -249,7 +250,7 @@ def finetune(
         lr=lr, vision_lr=vision_lr, lora_rank=lora_rank, lora_alpha=2 * lora_rank, batch_size=batch_size,
         grad_accum=grad_accum, epochs=epochs, max_steps=max_steps, frames=frames, tokens_per_frame=tokens_per_frame,
         seed=seed, save_every=save_every, strict=strict, merge=merge, resume=resume,
-        gradient_checkpointing=gradient_checkpointing, quantize=quantize, device=device,
+        gradient_checkpointing=gradient_checkpointing, quantize=quantize, gate_init=gate_init, device=device,
     )
     quiet_libraries()
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),

@@ -53,6 +53,7 @@ class FinetuneSettings:
     resume: bool = False
     gradient_checkpointing: bool = True
     quantize: str = "none"  # "nf4": QLoRA, the LLM's decoder linears in 4 bits under LoRA adapters
+    gate_init: float | None = None  # set the trained gates' tanh argument first (None: keep them, 0 when new)
     device: str | None = None
 
     def __post_init__(self):
@@ -101,6 +102,12 @@ def configure_stage(model, settings: FinetuneSettings):
             new_parts.append(layer.cross_attn.t2v)
     for part in new_parts:
         part.requires_grad_(True)
+    if settings.gate_init is not None:
+        # closed gates keep a pretrained LLM intact at step 0; a model trained from scratch learns
+        # faster with them open (a closed gate gives its attention no consistent gradient to start from)
+        with torch.no_grad():
+            for part in new_parts[1:]:
+                part.gate.scale.fill_(settings.gate_init)
     core.video_separator.requires_grad_(True)
     if settings.stage == 2 and settings.full:
         core.language_model.requires_grad_(True)

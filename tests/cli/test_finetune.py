@@ -185,3 +185,14 @@ def test_qlora_on_a_4bit_base_saves_merged_full_precision_weights(folder, tiny_c
     assert any(n.endswith("mlp.down_proj.weight") for n in touched)
     bad = train(folder, tmp_path / "x", "--model", str(tiny_checkpoint), "--quantize", "nf4", "--full")
     assert bad.exit_code == 1 and "QLoRA" in bad.output
+
+
+def test_gate_init_opens_the_trained_gates(folder, tiny_checkpoint, tmp_path):
+    out = tmp_path / "gates"
+    result = train(folder, out, "--model", str(tiny_checkpoint), "--full", "--gate-init", "0.5", "--lr", "1e-7",
+                   "--max-steps", "1", "--no-t2v")
+    assert result.exit_code == 0, result.output
+    model = load_model(out)
+    for layer in model.cross_attention_layers():
+        assert layer.cross_attn.v2v.gate.scale.item() == pytest.approx(0.5, abs=1e-3)
+        assert layer.cross_attn.t2v.gate.scale.item() == 0.0  # not trained, left closed
