@@ -281,10 +281,11 @@ def jsonl_load(data_dir: Path) -> list[Doc]:
                 continue
             try:
                 row = json.loads(line)
-                video, question, answer = row["video"], row["question"], row["answer"]
-            except (json.JSONDecodeError, KeyError, TypeError) as error:
-                raise UserError(f"{table.name} line {number}: not a {{video, question, answer}} object ({error})") from None
-            docs.append(Doc(len(docs), data_dir / video, row, "jsonl"))
+            except json.JSONDecodeError as error:
+                raise UserError(f"{table.name} line {number}: malformed JSON ({error.msg})") from None
+            if not isinstance(row, dict) or not {"video", "question", "answer"} <= set(row):
+                raise UserError(f"{table.name} line {number}: not a {{video, question, answer}} object")
+            docs.append(Doc(len(docs), data_dir / row["video"], row, "jsonl"))
     return docs
 
 

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from models import CrossLMMConfig, CrossLMMForConditionalGeneration, load_checkpoint, save_checkpoint
-from tests.helpers import open_gates, question, random_video
+from tests.helpers import question, random_video
 
 
 @pytest.fixture
