@@ -95,11 +95,8 @@ def init(
         raise UserError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     quiet_libraries()
     options = {} if tokens_per_frame is None else {"tokens_per_frame": tokens_per_frame}
-    from models import PRESETS
-
-    default_dtype = None if preset in PRESETS and PRESETS[preset].source == "random" else DTYPES["bf16"]
     with stderr.status(f"building {preset}"):
-        create_checkpoint(preset, outdir, dtype=DTYPES[dtype] if dtype else default_dtype, **options)
+        create_checkpoint(preset, outdir, dtype=DTYPES[dtype] if dtype else None, **options)
     stderr.print(f"[green]saved[/] {preset} to {outdir}; use it with --model {outdir}")
 
 

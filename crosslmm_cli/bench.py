@@ -20,6 +20,7 @@ from models import PRESETS, CrossLMMForConditionalGeneration, SamplingSettings, 
 from models.loading import load_model
 from models.flops import full_token_baseline, prefill_flops, prompt_layout
 
+from .ask import synchronize
 from .errors import UserError
 from .model_source import DTYPES, pick_device
 
@@ -130,11 +131,6 @@ def _proc_meminfo(key: str) -> float:
 
 
 # ---- one system, one frame count ----------------------------------------------------------------
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def prompt_inputs(model, num_frames: int, text_tokens: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     config = model.config
     length, text_mask, _ = prompt_layout(config, num_frames, text_tokens)

@@ -58,9 +58,12 @@ def check_hub_reachable(what: str) -> None:
 
 
 def create_checkpoint(preset: str, outdir: Path, dtype: torch.dtype | None = None, **options) -> None:
-    """Build ``preset`` (downloading its parts unless it is ``tiny``) and save it to ``outdir``."""
+    """Build ``preset`` (downloading its parts unless it has random weights) and save it to
+    ``outdir``; ``dtype`` defaults to float32 for random presets and bfloat16 for the others."""
     if preset not in PRESETS:
         raise UserError(f"unknown preset {preset!r}; run `crosslmm models` to list the presets")
+    if dtype is None:
+        dtype = torch.float32 if PRESETS[preset].source == "random" else torch.bfloat16
     if PRESETS[preset].source != "random":
         check_hub_reachable(f"the parts of {preset}")
     try:
@@ -110,7 +113,7 @@ def open_model(
                 # build next to the cache entry and rename: an interrupted build leaves no half checkpoint
                 partial = path.with_name(path.name + ".partial")
                 shutil.rmtree(partial, ignore_errors=True)
-                create_checkpoint(spec, partial, dtype=None if PRESETS[spec].source == "random" else torch.bfloat16)
+                create_checkpoint(spec, partial)
                 partial.rename(path)
         else:
             check_hub_reachable(f"model {spec!r}")

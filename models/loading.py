@@ -11,7 +11,6 @@ from safetensors.torch import load_file, save_file
 from transformers import BitsAndBytesConfig
 
 from .configuration import CrossLMMConfig
-
 from .modeling import CrossLMMForConditionalGeneration
 from .processing import CrossLMMProcessor
 
@@ -60,6 +59,7 @@ def load_model(
     Quantised models are placed with ``device_map`` (never moved afterwards). Only safetensors
     weights are read; no remote code is run."""
     config = CrossLMMConfig.from_pretrained(path, **config_overrides)
+    config.validate_crosslmm()  # an override (e.g. tokens_per_frame) may be out of range
     if config.base_checkpoint is not None:
         return _load_partial(path, config, quantize, device, dtype)
     quant = quantization_config(quantize, compute_dtype=dtype or torch.bfloat16)
@@ -71,10 +71,12 @@ def load_model(
         quantization_config=quant,
         device_map={"": str(device)},
         use_safetensors=True,
-        **config_overrides,
+        config=config,  # read once above, overrides applied
     )
-    model.config.validate_crosslmm()
     return model.eval()
+
+
+PARTIAL_WEIGHTS = "trained.safetensors"
 
 
 def save_partial_checkpoint(
@@ -91,9 +93,6 @@ def save_partial_checkpoint(
     config.base_checkpoint = str(base_checkpoint)
     config.save_pretrained(path)
     processor.save_pretrained(path)
-
-
-PARTIAL_WEIGHTS = "trained.safetensors"
 
 
 def _load_partial(path, config: CrossLMMConfig, quantize: str, device, dtype) -> CrossLMMForConditionalGeneration:

@@ -150,7 +150,7 @@ def run_model(settings: EvalSettings, task: Task, docs: list[Doc], path: Path,
             prefill_seconds.append(answer.time_to_first_token)
             append_sample(path, sample_record(task, doc, prompt, answer.text, settings.parser))
             on_sample()
-    device = session_device(model)
+    device = model.device
     return {
         "mean_prefill_s": round(statistics.fmean(prefill_seconds), 4) if prefill_seconds else None,
         "mean_decode_video_s": round(statistics.fmean(decode_seconds), 4) if decode_seconds else None,
@@ -159,10 +159,6 @@ def run_model(settings: EvalSettings, task: Task, docs: list[Doc], path: Path,
         "frames": settings.frames,
         "quantize": quantize,
     }
-
-
-def session_device(model) -> torch.device:
-    return model.get_input_embeddings().weight.device
 
 
 # ---- scoring ------------------------------------------------------------------------------------
@@ -197,7 +193,7 @@ def score(task: Task, docs: list[Doc], samples: list[dict], parser: str) -> tupl
 
 
 def write_results(settings: EvalSettings, task: Task, results: dict, samples: list[dict], efficiency: dict,
-                  total_docs: int) -> Path:
+                  total_docs: int) -> dict:
     settings.output.mkdir(parents=True, exist_ok=True)
     path = samples_path(settings.output, task.name)
     tmp = path.with_suffix(".jsonl.tmp")
@@ -216,9 +212,8 @@ def write_results(settings: EvalSettings, task: Task, results: dict, samples: li
         "efficiency": efficiency,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
-    results_path = settings.output / "results.json"
-    results_path.write_text(json.dumps(report, indent=2, ensure_ascii=False))
-    return results_path
+    (settings.output / "results.json").write_text(json.dumps(report, indent=2, ensure_ascii=False))
+    return report
 
 
 def evaluate(settings: EvalSettings, progress: Callable[[int], Callable[[], None]] | None = None) -> dict | None:
@@ -247,8 +242,8 @@ def evaluate(settings: EvalSettings, progress: Callable[[int], Callable[[], None
             return None
         samples = list({s["doc_id"]: s for path in files for s in read_samples(path)}.values())
     results, scored = score(task, docs, samples, settings.parser)
-    write_results(settings, task, results, scored, efficiency, len(docs))
+    report = write_results(settings, task, results, scored, efficiency, len(docs))
     if world > 1:
         for other in range(world):
             samples_path(settings.output, task.name, other).unlink(missing_ok=True)
-    return json.loads((settings.output / "results.json").read_text())
+    return report

@@ -170,11 +170,8 @@ def save_final(model, processor, settings: FinetuneSettings, trained: list[str])
     else:
         core = model.merge_and_unload() if hasattr(model, "merge_and_unload") else model
     core.config.needs_training = False
-    touches_llm = any(".language_model." in f".{name}" and ".cross_attn." not in name for name in trained)
-    if settings.stage == 1 and not settings.merge and not touches_llm:
-        names = [name for name in trained if not name.startswith("vision_tower.")] + \
-                [name for name in trained if name.startswith("vision_tower.")]
-        save_partial_checkpoint(core, processor, settings.output, names, resolve_base(settings.model))
+    if settings.stage == 1 and not settings.merge:  # stage 1 trains no quantisable weight
+        save_partial_checkpoint(core, processor, settings.output, trained, resolve_base(settings.model))
         return "trained tensors + base pointer"
     save_checkpoint(core, processor, settings.output)
     return "full weights"
