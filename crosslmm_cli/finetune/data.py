@@ -143,23 +143,28 @@ def tokenize_conversation(processor, messages: list[dict], num_frames: int) -> t
 
 
 class VideoQADataset(Dataset):
-    """Rows -> {input_ids, labels, pixels (T, 3, S, S)}; decoded videos are kept in a small cache."""
+    """Rows -> {input_ids, labels, pixels (T, 3, S, S)}. Decoded clips are kept, least recently used
+    first out, up to ``cache_bytes``: decoding, not the model, is what a small model waits on."""
 
-    def __init__(self, rows: list[Row], processor, frames: int, cache_videos: int = 64):
+    def __init__(self, rows: list[Row], processor, frames: int, cache_bytes: int = 2 << 30):
         self.rows, self.processor, self.frames = rows, processor, frames
         self.cache: OrderedDict[Path, torch.Tensor] = OrderedDict()
-        self.cache_videos = cache_videos
+        self.cache_bytes, self.cached_bytes = cache_bytes, 0
 
     def __len__(self) -> int:
         return len(self.rows)
 
     def pixels(self, video: Path) -> torch.Tensor:
-        if video not in self.cache:
-            _, sampled = read_frames(video, SamplingRequest(self.frames, max_side=2 * self.processor.image_size))
-            self.cache[video] = self.processor.preprocess_frames(sampled.pixels)
-            if len(self.cache) > self.cache_videos:
-                self.cache.popitem(last=False)
-        return self.cache[video]
+        if video in self.cache:
+            self.cache.move_to_end(video)
+            return self.cache[video]
+        _, sampled = read_frames(video, SamplingRequest(self.frames, max_side=2 * self.processor.image_size))
+        pixels = self.processor.preprocess_frames(sampled.pixels)
+        self.cache[video] = pixels
+        self.cached_bytes += pixels.nbytes
+        while self.cached_bytes > self.cache_bytes and len(self.cache) > 1:
+            self.cached_bytes -= self.cache.popitem(last=False)[1].nbytes
+        return pixels
 
     def __getitem__(self, index: int) -> dict:
         row = self.rows[index]

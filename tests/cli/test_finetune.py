@@ -196,3 +196,28 @@ def test_gate_init_opens_the_trained_gates(folder, tiny_checkpoint, tmp_path):
     for layer in model.cross_attention_layers():
         assert layer.cross_attn.v2v.gate.scale.item() == pytest.approx(0.5, abs=1e-3)
         assert layer.cross_attn.t2v.gate.scale.item() == 0.0  # not trained, left closed
+
+
+def test_decoded_clips_are_cached_up_to_a_byte_budget(folder, monkeypatch):
+    from crosslmm_cli.finetune import data
+    from models.builders import build_tiny
+
+    decoded = []
+    real_read_frames = data.read_frames
+
+    def counting_read_frames(video, request):
+        decoded.append(video.name)
+        return real_read_frames(video, request)
+
+    monkeypatch.setattr(data, "read_frames", counting_read_frames)
+    rows = data.read_folder(folder).rows
+    by_name = {row.video.name: index for index, row in enumerate(rows)}
+    _, processor = build_tiny()
+    clip_bytes = data.VideoQADataset(rows, processor, frames=2)[0]["pixels"].nbytes
+    dataset = data.VideoQADataset(rows, processor, frames=2, cache_bytes=2 * clip_bytes)  # room for two clips
+    decoded.clear()
+    for name in ["c0.mp4", "c1.mp4", "c0.mp4", "c2.mp4", "c0.mp4", "c1.mp4"]:
+        dataset[by_name[name]]
+    # c2 pushes out c1 (least recently used), not c0; c1 is then decoded again
+    assert decoded == ["c0.mp4", "c1.mp4", "c2.mp4", "c1.mp4"]
+    assert dataset.cached_bytes == 2 * clip_bytes
