@@ -6,9 +6,10 @@ Samples are segment centres in time over [start, end]. Two ways to get them:
   (``CAP_PROP_POS_FRAMES``, which decodes from the keyframe before it), whichever decodes fewer
   frames given the keyframe positions; so sparse samples seek and dense ones stream. Variable-frame-
   rate files are walked frame by frame and sampled by timestamp.
-- keyframe (fast): the nearest keyframe to each sample, decoded alone by ffmpeg processes with one
-  seeking input per keyframe; off by at most half a keyframe interval. Chosen automatically
-  (``seek="auto"``) when samples are at least one keyframe interval apart.
+- keyframe (fast): the nearest keyframe to each sample, decoded alone; off by at most half a
+  keyframe interval. H.264 in MP4/MOV: the keyframes' bytes, found in the sample tables, go to one
+  ffmpeg decoder as a raw stream; otherwise ffmpeg processes with one seeking input per keyframe.
+  Chosen automatically (``seek="auto"``) when samples are at least one keyframe interval apart.
 
 ffmpeg (the binary imageio-ffmpeg ships, through ffmpeg-python) also probes the file and decodes
 what OpenCV cannot open. Every problem a user can cause raises :class:`UserError`.
@@ -352,6 +353,10 @@ def _ffmpeg_keyframes(info: VideoInfo, seek_times: list[float], max_side: int | 
     inputs are split over one process per core. None when ffmpeg could not give every frame."""
     size = _output_size(info, max_side)
     distinct = sorted(set(seek_times))
+    decoded = _h264_keyframes(info, distinct, size)
+    if decoded is not None:
+        position = {t: i for i, t in enumerate(distinct)}
+        return np.stack([decoded[position[t]] for t in seek_times])
     per_process = max(1, min(FFMPEG_INPUTS_PER_PROCESS, math.ceil(len(distinct) / (os.cpu_count() or 1))))
     commands = []
     for first in range(0, len(distinct), per_process):
@@ -371,6 +376,22 @@ def _ffmpeg_keyframes(info: VideoInfo, seek_times: list[float], max_side: int | 
         return None
     position = {t: i for i, t in enumerate(distinct)}
     return np.stack([decoded[position[t]] for t in seek_times])
+
+
+def _h264_keyframes(info: VideoInfo, times: list[float], size: tuple[int, int]) -> list[np.ndarray] | None:
+    """The H.264 keyframes at ``times`` of an MP4/MOV, read from the file by the sample tables and
+    decoded by one ffmpeg process; None where that does not apply (other codecs or containers,
+    rotated video) or ffmpeg did not return one frame per keyframe."""
+    if info.rotation:  # a raw stream carries no display matrix; the per-input path rotates
+        return None
+    stream = mp4_index.h264_keyframe_stream(info.path, times)
+    if stream is None:
+        return None
+    command = [ffmpeg_exe(), "-v", "error", "-f", "h264", "-i", "pipe:", "-vf", f"scale={size[0]}:{size[1]},setsar=1",
+               "-f", "rawvideo", "-pix_fmt", "yuv420p", "-fps_mode", "passthrough", "pipe:"]
+    result = subprocess.run(command, input=stream, capture_output=True)
+    decoded = _yuv_frames(result.stdout, size)
+    return decoded if result.returncode == 0 and len(decoded) == len(times) else None
 
 
 def _ffmpeg_sequential(info: VideoInfo, times: list[float], max_side: int | None) -> tuple[np.ndarray, list[float]]:

@@ -183,3 +183,22 @@ def test_a_folder_of_frames_is_a_video(tmp_path):
     info, frames = read_frames(tmp_path, SamplingRequest(num_frames=4))
     assert info.frame_count == 12 and info.codec == "images" and frames.backend == "images"
     assert decoded_indices(frames) == frames.indices == [1, 4, 7, 10]  # segment centres of 12 frames
+
+
+@pytest.mark.parametrize("kind", ["mp4", "bframes"])
+def test_h264_keyframes_read_by_the_sample_tables_equal_ffmpeg_seeking(videos, monkeypatch, kind):
+    raw_streams = []
+    real_stream = video_module.mp4_index.h264_keyframe_stream
+    monkeypatch.setattr(video_module.mp4_index, "h264_keyframe_stream",
+                        lambda path, times: raw_streams.append(times) or real_stream(path, times))
+    request = SamplingRequest(num_frames=6, seek="keyframe", max_side=96)
+    _, fast = read_frames(videos[kind], request)
+    assert len(raw_streams) == 1 and decoded_indices(fast) == fast.indices
+    monkeypatch.setattr(video_module, "_h264_keyframes", lambda *args: None)  # one seeking ffmpeg input per keyframe
+    _, seeking = read_frames(videos[kind], request)
+    assert seeking.indices == fast.indices
+    assert np.array_equal(seeking.pixels, fast.pixels)
+
+
+def test_non_h264_files_have_no_raw_keyframe_stream(videos):
+    assert video_module.mp4_index.h264_keyframe_stream(videos["webm"], [0.0]) is None
