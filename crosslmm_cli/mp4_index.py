@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+
 def _boxes(data: bytes, start: int = 0, end: int | None = None):
     """Yield (type, payload start, payload end) of the boxes in data[start:end]."""
     end = len(data) if end is None else end

@@ -389,7 +389,7 @@ def _h264_keyframes(info: VideoInfo, times: list[float], size: tuple[int, int]) 
         return None
     command = [ffmpeg_exe(), "-v", "error", "-f", "h264", "-i", "pipe:", "-vf", f"scale={size[0]}:{size[1]},setsar=1",
                "-f", "rawvideo", "-pix_fmt", "yuv420p", "-fps_mode", "passthrough", "pipe:"]
-    result = subprocess.run(command, input=stream, capture_output=True)
+    result = subprocess.run(command, input=stream, capture_output=True, check=False)
     decoded = _yuv_frames(result.stdout, size)
     return decoded if result.returncode == 0 and len(decoded) == len(times) else None
 
