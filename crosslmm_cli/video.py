@@ -348,18 +348,24 @@ FFMPEG_INPUTS_PER_PROCESS = 48
 
 
 def _ffmpeg_keyframes(info: VideoInfo, seek_times: list[float], max_side: int | None) -> np.ndarray | None:
-    """Decode the keyframe at each of ``seek_times`` (exact keyframe timestamps, repeats allowed).
-    Each distinct keyframe is one ffmpeg input that seeks straight to it and keeps one frame; the
-    inputs are split over one process per core. None when ffmpeg could not give every frame."""
+    """Decode the keyframe at each of ``seek_times`` (exact keyframe timestamps, repeats allowed),
+    each distinct keyframe once: by :func:`_h264_keyframes` where it applies, else by
+    :func:`_seeking_keyframes`. None when ffmpeg could not give every frame."""
     size = _output_size(info, max_side)
     distinct = sorted(set(seek_times))
-    decoded = _h264_keyframes(info, distinct, size)
-    if decoded is not None:
-        position = {t: i for i, t in enumerate(distinct)}
-        return np.stack([decoded[position[t]] for t in seek_times])
-    per_process = max(1, min(FFMPEG_INPUTS_PER_PROCESS, math.ceil(len(distinct) / (os.cpu_count() or 1))))
+    decoded = _h264_keyframes(info, distinct, size) or _seeking_keyframes(info, distinct, size)
+    if len(decoded) != len(distinct):
+        return None
+    position = {t: i for i, t in enumerate(distinct)}
+    return np.stack([decoded[position[t]] for t in seek_times])
+
+
+def _seeking_keyframes(info: VideoInfo, times: list[float], size: tuple[int, int]) -> list[np.ndarray]:
+    """Each keyframe is one ffmpeg input that seeks straight to it and keeps one frame; the inputs
+    are split over one process per core."""
+    per_process = max(1, min(FFMPEG_INPUTS_PER_PROCESS, math.ceil(len(times) / (os.cpu_count() or 1))))
     commands = []
-    for first in range(0, len(distinct), per_process):
+    for first in range(0, len(times), per_process):
         streams = [
             # seek a quarter frame past the keyframe without accurate seeking: ffmpeg starts at the
             # keyframe at or before it and decodes nothing else; a small probe, as every input is
@@ -367,15 +373,11 @@ def _ffmpeg_keyframes(info: VideoInfo, seek_times: list[float], max_side: int | 
             ffmpeg.input(info.path, ss=f"{t + 0.25 / info.fps:.6f}", noaccurate_seek=None, threads=1,
                          probesize=32768, analyzeduration=0)
             .video.trim(end_frame=1).filter("scale", *size).filter("setsar", 1)
-            for t in distinct[first: first + per_process]
+            for t in times[first: first + per_process]
         ]
         commands.append(_yuv_command(streams[0] if len(streams) == 1 else ffmpeg.concat(*streams, v=1, a=0)))
     processes = [subprocess.Popen(c, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL) for c in commands]
-    decoded = [frame for process in processes for frame in _yuv_frames(process.communicate()[0], size)]
-    if len(decoded) != len(distinct):
-        return None
-    position = {t: i for i, t in enumerate(distinct)}
-    return np.stack([decoded[position[t]] for t in seek_times])
+    return [frame for process in processes for frame in _yuv_frames(process.communicate()[0], size)]
 
 
 def _h264_keyframes(info: VideoInfo, times: list[float], size: tuple[int, int]) -> list[np.ndarray] | None:
