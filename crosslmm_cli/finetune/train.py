@@ -208,9 +208,10 @@ def finetune(settings: FinetuneSettings, report: Callable[[str], None] = lambda 
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
     )
     set_seed(settings.seed)
-    if settings.resume and latest_checkpoint(settings) is None:
+    last_checkpoint = latest_checkpoint(settings)
+    if settings.resume and last_checkpoint is None:
         raise UserError(f"--resume: {settings.checkpoints} holds no checkpoint to resume from")
-    if not settings.resume and latest_checkpoint(settings) is not None:
+    if not settings.resume and last_checkpoint is not None:
         raise UserError(f"{settings.output} already holds a training run; pass --resume to continue it, or choose another --output")
 
     folder = read_folder(settings.folder, check_videos=video_problem)
@@ -244,11 +245,10 @@ def finetune(settings: FinetuneSettings, report: Callable[[str], None] = lambda 
 
     step, start_epoch, skip = 0, 0, 0
     if settings.resume:
-        checkpoint = latest_checkpoint(settings)
-        accelerator.load_state(str(checkpoint))
-        state = json.loads((checkpoint / "trainer_state.json").read_text())
+        accelerator.load_state(str(last_checkpoint))
+        state = json.loads((last_checkpoint / "trainer_state.json").read_text())
         step, start_epoch, skip = state["step"], state["epoch"], state["batches_in_epoch"]
-        report(f"resuming from {checkpoint.name} (step {step})")
+        report(f"resuming from {last_checkpoint.name} (step {step})")
     settings.output.mkdir(parents=True, exist_ok=True)
     metrics_path = settings.output / "metrics.jsonl"
     if accelerator.is_main_process:  # keep the rows up to the step resumed from (an interrupt may have written more)
