@@ -140,7 +140,8 @@ def ask(
     )
     quiet_libraries()
     with stderr.status("starting") as status:
-        session = prepare(video, settings, status=lambda text: status.update(text))
+        session = prepare(video, settings, status=lambda text: status.update(text),
+                          warn=lambda text: stderr.print(f"[yellow]warning:[/] {text}", highlight=False, soft_wrap=True))
 
     def say(piece: str) -> None:
         sys.stdout.write(piece)

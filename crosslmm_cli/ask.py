@@ -28,7 +28,7 @@ class AskSettings:
     fps: float | None = None  # at most this many sampled frames per second
     start: float | None = None  # seconds
     end: float | None = None  # seconds
-    seek: str = "auto"  # auto | exact | keyframe (see crosslmm_cli.video)
+    seek: str = "auto"  # auto | exact | keyframe (see crosslmm_cli.video.reader)
     tokens_per_frame: int | None = None  # override the checkpoint's pooled tokens per frame
     quantize: str | None = None  # nf4 | int8 | none; nf4 on CUDA and none on CPU by default
     device: str | None = None  # cuda | cpu | cuda:N; cuda when present
@@ -168,11 +168,15 @@ def prepare_model(settings: AskSettings, status: Callable[[str], None] = lambda 
     return model, processor, quantize
 
 
-def prepare(video: Path, settings: AskSettings, status: Callable[[str], None] = lambda _: None) -> VideoChat:
-    """Validate the flags, decode the video (before any weight is loaded), load the model, encode."""
+def prepare(video: Path, settings: AskSettings, status: Callable[[str], None] = lambda _: None,
+            warn: Callable[[str], None] = lambda _: None) -> VideoChat:
+    """Validate the flags, decode the video (before any weight is loaded), load the model, encode;
+    problems with the video that still leave frames to answer from (a truncated file) go to ``warn``."""
     pick_device(settings.device)
     status("decoding video")
     info, frames = read_frames(video, settings.request)
+    for warning in info.warnings:
+        warn(warning)
     model, processor, quantize = prepare_model(settings, status)
     status("encoding video")
     return VideoChat(model, processor, info, frames, settings, quantize)
@@ -208,7 +212,7 @@ def report(chat: VideoChat, answer: Answer, question: str) -> dict:
 
 def verbose_lines(chat: VideoChat, answer: Answer) -> Iterable[str]:
     frames = chat.frames
-    yield (f"frames: {len(frames.indices)} via {frames.seek} ({frames.backend}); indices {frames.indices}; "
+    yield (f"frames: {len(frames.indices)} via {frames.seek} ({frames.backend}); positions {frames.indices}; "
            f"timestamps {[round(t, 2) for t in frames.timestamps]}")
     yield (f"decode {frames.seconds:.2f}s | vision {chat.vision_seconds:.2f}s | time to first token "
            f"{answer.time_to_first_token:.2f}s | {answer.tokens_per_second:.1f} tokens/s | "

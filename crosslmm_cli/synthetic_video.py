@@ -1,4 +1,5 @@
-"""Write synthetic videos with the ffmpeg binary from imageio-ffmpeg: for tests, benchmarks and demos.
+"""Write synthetic videos with the ffmpeg binary from imageio-ffmpeg (commands built by ffmpeg-python
+where they have no pipe): for tests, benchmarks and demos.
 
 Index-coded frames carry their own frame number as a 4x4 grid of black/white blocks (16 bits), so
 a decoder's output can be checked frame by frame after lossy compression.
@@ -10,11 +11,16 @@ import subprocess
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+import ffmpeg
+import imageio_ffmpeg
 import numpy as np
 
-from .video import ffmpeg_exe
-
 INDEX_BITS = 16
+
+
+def ffmpeg_exe() -> str:
+    """The ffmpeg binary shipped in the imageio-ffmpeg wheel: `pip install` alone sets a machine up."""
+    return imageio_ffmpeg.get_ffmpeg_exe()
 
 
 def index_frame(index: int, height: int = 128, width: int = 128) -> np.ndarray:
@@ -97,8 +103,8 @@ def write_test_pattern(
 ) -> Path:
     """A long H.264 video of ffmpeg's moving ``testsrc2`` pattern, generated inside ffmpeg (no pipe)."""
     width, height = size
-    args = [ffmpeg_exe(), "-v", "error", "-y", "-f", "lavfi", "-i", f"testsrc2=size={width}x{height}:rate={fps}:duration={seconds}",
-            "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", "-g", str(keyframe_interval),
-            "-x264-params", f"keyint={keyframe_interval}:min-keyint={keyframe_interval}:scenecut=0", str(path)]
-    subprocess.run(args, check=True)
+    source = ffmpeg.input(f"testsrc2=size={width}x{height}:rate={fps}:duration={seconds}", f="lavfi")
+    output = source.output(str(path), vcodec="libx264", preset="ultrafast", pix_fmt="yuv420p", g=keyframe_interval,
+                           **{"x264-params": f"keyint={keyframe_interval}:min-keyint={keyframe_interval}:scenecut=0"})
+    output.overwrite_output().run(cmd=[ffmpeg_exe(), "-v", "error"])
     return Path(path)

@@ -9,8 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from crosslmm_cli.app import app
-from crosslmm_cli.synthetic_video import index_frames, write_video
-from crosslmm_cli.video import ffmpeg_exe
+from crosslmm_cli.synthetic_video import ffmpeg_exe, index_frames, write_video
 
 FPS = 25
 KEYFRAME_INTERVAL = 10  # frames

@@ -1,0 +1,158 @@
+"""Decode the frames at given positions of a :class:`FrameIndex` with PyAV.
+
+Frames are matched by presentation timestamp. For each wanted frame (in time order) the decoder
+either goes on from where it is or seeks to the keyframe before the frame, whichever costs less
+(a seek counted as SEEK_COST_FRAMES decoded frames), so sparse samples seek and dense ones stream; keyframe mode always seeks, straight to
+the keyframe it wants. Only wanted frames are converted to RGB (and scaled, by swscale's area
+filter, in the same step).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import av
+import numpy as np
+
+from ..errors import UserError
+from .frame_index import FrameIndex
+from .probe import VideoInfo, open_video
+
+# Seeks that may land after the wanted frame (a demuxer without an index seeks by guesswork) are
+# retried from this much earlier, doubling each time, before decoding from the start.
+RESEEK_SECONDS = (1.0, 4.0, 16.0)
+# A seek flushes the decoder and refills its delay: about as dear as decoding this many frames on.
+SEEK_COST_FRAMES = 16
+# decoders run side by side, one per core the process may use
+DECODE_WORKERS = min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+
+
+def decoded_frames(container, stream) -> Iterator[av.VideoFrame]:
+    """Every frame decoded from the container's current position on; a packet the decoder rejects
+    (damaged data) is skipped, and the frames it would have given are simply missing."""
+    for packet in container.demux(stream):
+        try:
+            for frame in packet.decode():
+                if frame.pts is not None:
+                    yield frame
+        except av.error.InvalidDataError:
+            continue
+
+
+class _Cursor:
+    """A decoder positioned somewhere in the file, with one frame of look-ahead."""
+
+    def __init__(self, path: str, thread_type: str):
+        self.path, self.thread_type = path, thread_type
+        self.container = None
+        self.rewind()
+
+    def rewind(self) -> None:
+        """Decode from the very start: a fresh open, which no demuxer gets wrong."""
+        self.close()
+        self.container, self.stream = open_video(self.path)
+        self.stream.thread_type = self.thread_type
+        self._restart()
+
+    def seek(self, pts: int) -> None:
+        self.container.seek(int(pts), stream=self.stream, backward=True, any_frame=False)  # flushes the decoder
+        self._restart()
+
+    def _restart(self) -> None:
+        self.frames: Iterator[av.VideoFrame] = decoded_frames(self.container, self.stream)
+        self.ahead: av.VideoFrame | None = None
+        self.last_pts: int | None = None  # pts of the last frame taken from the decoder
+
+    def close(self) -> None:
+        if self.container is not None:
+            self.container.close()
+
+    def next(self) -> av.VideoFrame | None:
+        frame, self.ahead = self.ahead, None
+        frame = frame or next(self.frames, None)
+        if frame is not None:
+            self.last_pts = frame.pts
+        return frame
+
+    def frame_shown_at(self, pts: int, copies: int = 1) -> av.VideoFrame | None:
+        """The frame on screen at ``pts`` (the last with pts <= it; the ``copies``-th with pts equal
+        to it), decoding on; None when the first frame decoded here is already later (the seek
+        overshot) or nothing is left."""
+        shown = None
+        while (frame := self.next()) is not None:
+            if frame.pts > pts:
+                self.ahead = frame
+                break
+            shown = frame
+            copies -= frame.pts == pts
+            if copies == 0:
+                break
+        return shown
+
+
+def decode_positions(info: VideoInfo, positions: list[int], size: tuple[int, int], keyframes_only: bool) -> tuple[np.ndarray, list[int]]:
+    """RGB frames (T, H, W, 3) of ``size`` = (width, height) as displayed, at ``positions`` of
+    ``info.index`` (any order, repeats decoded once), and the position of each frame returned.
+    The distinct positions are split into contiguous runs, each decoded by its own decoder on its own
+    core (measured on 2 cores, 128 frames of a 60-minute 720p file: keyframes 0.41 -> 0.25 s,
+    exact 12.3 -> 8.7 s)."""
+    distinct = sorted(set(positions))
+    workers = max(1, min(len(distinct), DECODE_WORKERS))
+    # one decoder running on through a whole run gains from frame threads; several decoders already
+    # fill the cores, a lone keyframe per seek would wait for frame threads, and a damaged packet
+    # can take the frames in flight in other threads with it
+    threading = "AUTO" if workers == 1 and not keyframes_only and info.index.complete else "SLICE"
+    runs = [[int(p) for p in run] for run in np.array_split(np.array(distinct), workers)]
+    with ThreadPoolExecutor(workers) as pool:
+        parts = list(pool.map(lambda run: _decode_run(info, run, size, keyframes_only, threading), runs))
+    decoded = {position: frame for part in parts for position, frame in part.items()}
+    return np.stack([decoded[p][0] for p in positions]), [decoded[p][1] for p in positions]
+
+
+def _decode_run(info: VideoInfo, distinct: list[int], size: tuple[int, int], keyframes_only: bool,
+                threading: str) -> dict[int, tuple[np.ndarray, int]]:
+    index = info.index
+    decoded = {}
+    cursor = _Cursor(info.path, threading)
+    try:
+        at = -1  # position of the last frame taken from the decoder; -1 when it starts afresh
+        for position in distinct:
+            keyframe = index.keyframe_before(position)
+            if keyframe == 0 and at < 0:
+                pass  # the first frames are reached from the start
+            elif keyframes_only or at < 0 or position < at or position - at > position - keyframe + SEEK_COST_FRAMES:
+                cursor.seek(index.pts[keyframe])
+            frame = _frame_at(cursor, index, position)
+            if frame is None:
+                raise UserError(f"{info.path}: the frame at {index.seconds[position]:.2f}s could not be decoded "
+                                "(the file is damaged there); try other --start/--end or re-encode the file")
+            at = index.position_of(cursor.last_pts)
+            decoded[position] = (_to_rgb(frame, size, info.rotation), index.position_of(frame.pts))
+    finally:
+        cursor.close()
+    return decoded
+
+
+def _frame_at(cursor: _Cursor, index: FrameIndex, position: int) -> av.VideoFrame | None:
+    pts, copies = int(index.pts[position]), index.copies(position)
+    frame = cursor.frame_shown_at(pts, copies)
+    for back in RESEEK_SECONDS + (None,):
+        if frame is not None:
+            return frame
+        if back is None:
+            cursor.rewind()
+        else:
+            cursor.seek(pts - int(back / index.time_base))
+        frame = cursor.frame_shown_at(pts, copies)
+    return frame
+
+
+def _to_rgb(frame: av.VideoFrame, size: tuple[int, int], rotation: int) -> np.ndarray:
+    width, height = (size[1], size[0]) if rotation in (90, 270) else size
+    if (width, height) == (frame.width, frame.height):
+        rgb = frame.to_ndarray(format="rgb24")
+    else:
+        rgb = frame.to_ndarray(format="rgb24", width=width, height=height, interpolation="AREA")
+    return np.ascontiguousarray(np.rot90(rgb, rotation // 90)) if rotation else rgb

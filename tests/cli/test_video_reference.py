@@ -1,0 +1,187 @@
+"""Every container, codec and timing quirk against an independent reference: PyAV decoding every
+frame from the start, without seeking, without our index. For each clip and mode, the frames we
+return must be the reference's frames at the positions a player shows (exact) or the nearest
+keyframes (keyframe mode), with the reference's positions and timestamps."""
+
+from __future__ import annotations
+
+import subprocess
+from dataclasses import dataclass
+
+import av
+import numpy as np
+import pytest
+
+from crosslmm_cli.synthetic_video import ffmpeg_exe, index_frame
+from crosslmm_cli.video import SamplingRequest, probe, read_frames
+
+FRAMES, WIDTH, HEIGHT = 100, 64, 48  # 4 s at 25 fps; each frame spells its number, so no two are alike
+X264 = ["-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", "-g", "10"]
+X264_BFRAMES = ["-c:v", "libx264", "-preset", "medium", "-bf", "3", "-pix_fmt", "yuv420p", "-g", "10"]
+VFR = "setpts='if(lt(N,30),N*0.04,1.2+(N-30)*0.12)/TB'"
+
+# name -> ffmpeg output arguments; each writes one small clip of index-coded frames
+CLIPS = {
+    "h264_bframes.mp4": X264_BFRAMES,
+    "h264_bframes.mkv": X264_BFRAMES,
+    "h264_fragmented.mp4": X264 + ["-movflags", "frag_keyframe+empty_moov"],
+    "h264.mov": X264,
+    "hevc_bframes.mkv": ["-c:v", "libx265", "-g", "10", "-x265-params", "log-level=error"],
+    "hevc_10bit.mp4": ["-c:v", "libx265", "-g", "10", "-pix_fmt", "yuv420p10le", "-tag:v", "hvc1",
+                        "-x265-params", "log-level=error"],
+    "vp9.webm": ["-c:v", "libvpx-vp9", "-g", "10", "-deadline", "realtime", "-cpu-used", "8"],
+    "av1.mkv": ["-c:v", "libaom-av1", "-cpu-used", "8", "-g", "10"],
+    "mpeg4_bframes.avi": ["-c:v", "mpeg4", "-bf", "2", "-g", "10"],
+    "mpeg2.ts": ["-c:v", "mpeg2video", "-bf", "2", "-g", "10"],
+    "mjpeg.avi": ["-c:v", "mjpeg", "-q:v", "5"],
+    "prores_10bit.mov": ["-c:v", "prores_ks", "-profile:v", "1"],
+    "vfr.mkv": X264_BFRAMES + ["-vf", VFR, "-fps_mode", "passthrough"],
+    "vfr.mp4": X264 + ["-vf", VFR, "-fps_mode", "passthrough"],
+    "starts_at_5s.mkv": X264_BFRAMES + ["-output_ts_offset", "5"],
+    "odd_9x7.mp4": ["-c:v", "libx264", "-pix_fmt", "yuv444p", "-vf", "scale=9:7", "-g", "10"],
+    "tiny_1x1.mkv": ["-c:v", "ffv1", "-vf", "scale=1:1", "-g", "10"],
+}
+# made from h264_bframes.mp4 / .mkv with stream copy: (input, arguments before -i, arguments after)
+DERIVED = {
+    "cut_edit_list.mp4": ("h264_bframes.mp4", ["-ss", "1.3"], ["-c", "copy"]),
+    "delayed_empty_edit.mp4": ("h264_bframes.mp4", ["-itsoffset", "1.5"], ["-c", "copy"]),
+    "rotated.mp4": ("h264_bframes.mp4", ["-display_rotation", "90"], ["-c", "copy"]),
+    "rotated.mkv": ("h264_bframes.mkv", ["-display_rotation", "270"], ["-c", "copy"]),
+    "faststart.mp4": ("h264_bframes.mp4", [], ["-c", "copy", "-movflags", "faststart"]),
+}
+TRUNCATED = {"truncated_faststart.mp4": "faststart.mp4", "truncated.mkv": "h264_bframes.mkv"}
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory):
+    root = tmp_path_factory.mktemp("clips")
+    made = {}
+    raw = b"".join(index_frame(i, HEIGHT, WIDTH).tobytes() for i in range(FRAMES))
+    for name, arguments in CLIPS.items():
+        subprocess.run([ffmpeg_exe(), "-v", "error", "-y", "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{WIDTH}x{HEIGHT}",
+                        "-r", "25", "-i", "pipe:", *arguments, str(root / name)], check=True, input=raw)
+        made[name] = root / name
+    for name, (source, before, after) in DERIVED.items():
+        subprocess.run([ffmpeg_exe(), "-v", "error", "-y", *before, "-i", str(made[source]), *after, str(root / name)],
+                       check=True, stdin=subprocess.DEVNULL)
+        made[name] = root / name
+    for name, source in TRUNCATED.items():  # the first 60 % of the bytes: a half-finished download
+        data = made[source].read_bytes()
+        (root / name).write_bytes(data[: len(data) * 6 // 10])
+        made[name] = root / name
+    return made
+
+
+@dataclass
+class Reference:
+    seconds: np.ndarray  # (N,) pts of every frame in presentation order, from the first
+    keyframe: np.ndarray  # (N,) bool
+    frames: list[np.ndarray]  # RGB as displayed
+    rotation: int
+
+
+def reference_decode(path, size: tuple[int, int] | None = None) -> Reference:
+    """Every frame, decoded in one pass from the start; a damaged tail simply ends it."""
+    rows = []
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        try:
+            for packet in container.demux(stream):
+                try:
+                    rows += [(f.pts * float(f.time_base), f.key_frame, f) for f in packet.decode()]
+                except av.error.InvalidDataError:
+                    continue
+        except av.FFmpegError:
+            pass
+        rows.sort(key=lambda row: row[0])
+        rotation = int(rows[0][2].rotation) % 360
+        width, height = size or (rows[0][2].width, rows[0][2].height)  # as decoded, before rotation
+        frames = [np.rot90(f.to_ndarray(format="rgb24", width=width, height=height, interpolation="AREA"), rotation // 90)
+                  for _, _, f in rows]
+    seconds = np.array([row[0] for row in rows]) - rows[0][0]
+    return Reference(seconds, np.array([row[1] for row in rows]), frames, rotation)
+
+
+def shown_at(reference: Reference, t: float) -> int:
+    return int(np.searchsorted(reference.seconds, t + 1e-9, side="right")) - 1
+
+
+ALL = sorted([*CLIPS, *DERIVED, *TRUNCATED])
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_exact_frames_equal_the_reference(clips, name):
+    reference = reference_decode(clips[name])
+    info, frames = read_frames(clips[name], SamplingRequest(num_frames=7, seek="exact"))
+    assert info.frame_count == len(reference.seconds)
+    assert info.duration == pytest.approx(reference.seconds[-1] + np.median(np.diff(reference.seconds)), abs=1e-3)
+    expected = [shown_at(reference, t) for t in frames.requested]
+    assert frames.indices == expected
+    assert frames.timestamps == pytest.approx(reference.seconds[expected], abs=1e-6)
+    for got, position in zip(frames.pixels, expected):
+        assert np.array_equal(got, reference.frames[position])
+    adjacent = [np.array_equal(reference.frames[p], reference.frames[p + 1]) for p in expected if p + 1 < len(reference.frames)]
+    assert not any(adjacent) or name in ("tiny_1x1.mkv", "odd_9x7.mp4")  # the check can tell neighbours apart
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_keyframe_mode_returns_the_nearest_keyframe(clips, name):
+    reference = reference_decode(clips[name])
+    _, frames = read_frames(clips[name], SamplingRequest(num_frames=5, seek="keyframe"))
+    keyframe_times = reference.seconds[reference.keyframe]
+    assert frames.seek == "keyframe"
+    for requested, position, stamp, got in zip(frames.requested, frames.indices, frames.timestamps, frames.pixels):
+        assert reference.keyframe[position] or position == 0  # the first shown frame decodes without a keyframe flag
+        assert stamp == pytest.approx(reference.seconds[position], abs=1e-6)
+        nearest = np.abs(keyframe_times - requested).min() if len(keyframe_times) else abs(requested)
+        assert abs(stamp - requested) <= nearest + 1e-6
+        assert np.array_equal(got, reference.frames[position])
+
+
+@pytest.mark.parametrize("name", ["h264_bframes.mkv", "vp9.webm", "av1.mkv", "mpeg4_bframes.avi", "rotated.mp4"])
+def test_modes_agree_on_the_output_size(clips, name):
+    request = dict(num_frames=3, max_side=37)
+    shapes = {read_frames(clips[name], SamplingRequest(seek=seek, **request))[1].pixels.shape[1:] for seek in ("exact", "keyframe")}
+    info = probe(clips[name])
+    assert len(shapes) == 1
+    height, width = shapes.pop()[:2]
+    assert max(height, width) == 37 and (width > height) == (info.width > info.height)
+
+
+def test_rotation_is_applied(clips):
+    for name, rotation in (("rotated.mp4", 90), ("rotated.mkv", 270)):
+        info = probe(clips[name])
+        assert info.rotation == rotation and (info.width, info.height) == (48, 64)
+
+
+def test_variable_frame_rate_is_detected_in_every_container(clips):
+    assert probe(clips["vfr.mkv"]).variable_frame_rate and probe(clips["vfr.mp4"]).variable_frame_rate
+    assert not probe(clips["h264_bframes.mkv"]).variable_frame_rate
+
+
+def test_a_late_start_counts_from_the_first_frame(clips):
+    info = probe(clips["starts_at_5s.mkv"])
+    assert info.start_time == pytest.approx(5.0, abs=0.1)
+    assert info.duration == pytest.approx(4.0, abs=1e-3) and info.frame_count == 100 and not info.warnings
+
+
+@pytest.mark.parametrize("name", sorted(TRUNCATED))
+def test_a_truncated_file_is_sampled_from_its_readable_part_and_says_so(clips, name):
+    info, frames = read_frames(clips[name], SamplingRequest(num_frames=8, seek="exact"))
+    assert len(info.warnings) == 1 and "truncated" in info.warnings[0] and "of 4.0s" in info.warnings[0]
+    assert info.duration < 3.5
+    assert max(frames.timestamps) < info.duration
+    for a, b in zip(range(8), range(1, 8)):  # a frame given twice is given with its one timestamp
+        same = np.array_equal(frames.pixels[a], frames.pixels[b])
+        assert same == (frames.timestamps[a] == frames.timestamps[b]) == (frames.indices[a] == frames.indices[b])
+
+
+def test_whole_files_carry_no_warning(clips):
+    assert not probe(clips["h264_bframes.mkv"]).warnings and not probe(clips["faststart.mp4"]).warnings
+
+
+def test_library_log_noise_stays_quiet(clips, capfd):
+    for name in ("av1.mkv", "mpeg2.ts", "truncated.mkv"):
+        read_frames(clips[name], SamplingRequest(num_frames=4, seek="exact"))
+    captured = capfd.readouterr()
+    assert captured.out == "" and captured.err == ""
