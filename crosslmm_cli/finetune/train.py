@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import shutil
 import time
 from collections.abc import Callable
@@ -23,6 +24,20 @@ from .data import VideoQADataset, collate, read_folder, video_problem
 
 STAGE_LR = {1: 1e-3, 2: 1e-5}  # paper Table 3 (connector & LLM); the vision tower gets --vision-lr
 LLM_LINEARS = r".*language_model\.model\.layers\.\d+\.(layer\.)?(self_attn|mlp)\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+
+
+# Settings a --resume may change: they alter neither the model, nor the data order, nor the schedule.
+RESUME_MAY_CHANGE = ("save_every", "strict", "merge", "resume", "gradient_checkpointing", "device")
+
+
+def refuse_output_over_input(output: Path, source: Path, name: str) -> None:
+    """A run writes its checkpoints and weights under ``output``: never where they would overwrite
+    ``source`` (the same folder, a folder inside it, or one holding it)."""
+    out, inp = output.resolve(), source.resolve()
+    if out == inp or out.is_relative_to(inp) or inp.is_relative_to(out):
+        where = "is" if out == inp else "sits inside" if out.is_relative_to(inp) else "contains"
+        raise UserError(f"--output {output} {where} {name} ({source}); training never writes over its inputs: "
+                        "choose an --output outside it")
 
 
 @dataclass
@@ -76,6 +91,19 @@ class FinetuneSettings:
             raise UserError("--max-steps must be >= 1")
         self.lr = self.lr or STAGE_LR[self.stage]
         self.device = pick_device(self.device)
+        inputs = {"the data folder": self.folder}
+        if Path(self.model).exists():
+            inputs["--model"] = Path(self.model)
+        for name, path in inputs.items():
+            refuse_output_over_input(self.output, path, name)
+
+    def run_settings(self) -> dict:
+        """What a resumed run must share with the run it continues (see RESUME_MAY_CHANGE)."""
+        values = {name: getattr(self, name) for name in self.__dataclass_fields__ if name not in RESUME_MAY_CHANGE}
+        values["folder"] = str(self.folder.resolve())
+        values["model"] = str(Path(self.model).resolve()) if Path(self.model).exists() else self.model
+        values.pop("output")
+        return values
 
     @property
     def checkpoints(self) -> Path:
@@ -128,9 +156,35 @@ def trained_tensor_names(model) -> list[str]:
 
 
 # ---- checkpoints ------------------------------------------------------------------------------------
+CHECKPOINT_NAME = re.compile(r"step-(\d+)")
+TRAINER_STATE = "trainer_state.json"  # written last, before the folder gets its step-N name
+
+
+def complete_checkpoints(settings: FinetuneSettings) -> list[Path]:
+    """The finished checkpoints, oldest first; a save cut short by an interrupt never has a step-N
+    name, and other folders (say a ``step-backup`` made by hand) are not checkpoints."""
+    found = [path for path in settings.checkpoints.glob("step-*")
+             if CHECKPOINT_NAME.fullmatch(path.name) and (path / TRAINER_STATE).is_file()]
+    return sorted(found, key=lambda path: int(CHECKPOINT_NAME.fullmatch(path.name).group(1)))
+
+
 def latest_checkpoint(settings: FinetuneSettings) -> Path | None:
-    found = sorted(settings.checkpoints.glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
+    found = complete_checkpoints(settings)
     return found[-1] if found else None
+
+
+def check_resumable(checkpoint: Path, settings: FinetuneSettings) -> dict:
+    """The trainer state of ``checkpoint``; :class:`UserError` when this run's settings differ from
+    the ones it was saved with in a way that would change the model, the data order or the schedule."""
+    state = json.loads((checkpoint / TRAINER_STATE).read_text())
+    saved, now = state.get("settings", {}), settings.run_settings()
+    changed = [name for name in saved if name in now and saved[name] != now[name]]
+    if changed:
+        differences = "; ".join(f"--{n.replace('_', '-')} was {saved[n]!r}, now {now[n]!r}" for n in changed)
+        allowed = ", ".join(f"--{n.replace('_', '-')}" for n in RESUME_MAY_CHANGE if n != "resume")
+        raise UserError(f"--resume with other settings than the run in {settings.output} ({differences}); resume with "
+                        f"the run's own settings (only {allowed} may change) or start a new --output")
+    return state
 
 
 def resolve_base(spec: str) -> str:
@@ -213,6 +267,7 @@ def finetune(settings: FinetuneSettings, report: Callable[[str], None] = lambda 
         raise UserError(f"--resume: {settings.checkpoints} holds no checkpoint to resume from")
     if not settings.resume and last_checkpoint is not None:
         raise UserError(f"{settings.output} already holds a training run; pass --resume to continue it, or choose another --output")
+    resumed_state = check_resumable(last_checkpoint, settings) if settings.resume else None
 
     folder = read_folder(settings.folder, check_videos=video_problem)
     for problem in folder.problems:
@@ -244,10 +299,9 @@ def finetune(settings: FinetuneSettings, report: Callable[[str], None] = lambda 
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
 
     step, start_epoch, skip = 0, 0, 0
-    if settings.resume:
+    if resumed_state is not None:
         accelerator.load_state(str(last_checkpoint))
-        state = json.loads((last_checkpoint / "trainer_state.json").read_text())
-        step, start_epoch, skip = state["step"], state["epoch"], state["batches_in_epoch"]
+        step, start_epoch, skip = resumed_state["step"], resumed_state["epoch"], resumed_state["batches_in_epoch"]
         report(f"resuming from {last_checkpoint.name} (step {step})")
     settings.output.mkdir(parents=True, exist_ok=True)
     metrics_path = settings.output / "metrics.jsonl"
@@ -307,13 +361,21 @@ def finetune(settings: FinetuneSettings, report: Callable[[str], None] = lambda 
 
 
 def save_state(accelerator, settings: FinetuneSettings, step: int, epoch: int, batches_in_epoch: int) -> None:
-    """accelerate's full training state (model, optimizer, scheduler, RNG) and where the data order
-    stands; the two newest are kept."""
-    path = settings.checkpoints / f"step-{step:06d}"
-    accelerator.save_state(str(path))
+    """accelerate's full training state (model, optimizer, scheduler, RNG), where the data order
+    stands and the run's settings, written under a temporary name and renamed when complete (an
+    interrupt mid-save leaves the previous checkpoints as they were); the two newest are kept."""
+    final = settings.checkpoints / f"step-{step:06d}"
+    partial = settings.checkpoints / f".partial-step-{step:06d}"
     if accelerator.is_main_process:
-        (path / "trainer_state.json").write_text(json.dumps({"step": step, "epoch": epoch,
-                                                             "batches_in_epoch": batches_in_epoch}))
-        for old in sorted(settings.checkpoints.glob("step-*"), key=lambda p: int(p.name.split("-")[1]))[:-2]:
+        shutil.rmtree(partial, ignore_errors=True)  # what an earlier interrupted save left
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(partial))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        state = {"step": step, "epoch": epoch, "batches_in_epoch": batches_in_epoch, "settings": settings.run_settings()}
+        (partial / TRAINER_STATE).write_text(json.dumps(state, indent=1))
+        shutil.rmtree(final, ignore_errors=True)  # a step saved again after resuming from an earlier one
+        partial.rename(final)
+        for old in complete_checkpoints(settings)[:-2]:
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()

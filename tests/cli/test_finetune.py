@@ -148,6 +148,82 @@ def test_resume_continues_from_the_saved_step_with_the_same_data_order(folder, t
     assert all(torch.allclose(before[n], after[n], atol=1e-6) for n in before)
 
 
+def test_a_save_cut_short_is_never_resumed_from(folder, tiny_checkpoint, tmp_path, monkeypatch):
+    """Killed while writing step 6: the later --resume starts from step 3, the last complete
+    checkpoint, and ends with the weights of a run never interrupted; stray folders are ignored."""
+    common = ["--model", str(tiny_checkpoint), "--full", "--max-steps", "6", "--save-every", "3", "--lr", "1e-3",
+              "--no-gradient-checkpointing"]
+    straight = tmp_path / "straight"
+    assert train(folder, straight, *common).exit_code == 0
+
+    from accelerate import Accelerator
+
+    real_save = Accelerator.save_state
+
+    def save_then_die(self, output_dir=None, **kwargs):
+        real_save(self, output_dir, **kwargs)  # accelerate's files are all there ...
+        if "step-000006" in str(output_dir):
+            raise KeyboardInterrupt  # ... but the checkpoint was never completed
+
+    monkeypatch.setattr(Accelerator, "save_state", save_then_die)
+    interrupted = tmp_path / "interrupted"
+    assert train(folder, interrupted, *common).exit_code == 130
+    monkeypatch.setattr(Accelerator, "save_state", real_save)
+    (interrupted / "checkpoints" / "step-backup").mkdir()  # made by hand
+    (interrupted / "checkpoints" / "step-000009").mkdir()  # empty: not a checkpoint
+    resumed = train(folder, interrupted, *common, "--resume")
+    assert resumed.exit_code == 0, resumed.output
+    assert "resuming from step-000003" in resumed.output
+    before, after = weights(straight), weights(interrupted)
+    assert all(torch.allclose(before[n], after[n], atol=1e-6) for n in before)
+    assert sorted(p.name for p in (interrupted / "checkpoints").iterdir()) == [
+        "step-000003", "step-000006", "step-000009", "step-backup"]
+
+
+@pytest.mark.parametrize(
+    "flags,message",
+    [
+        (["--lr", "1e-2"], "--lr was 0.001, now 0.01"),
+        (["--lora-rank", "8"], "--lora-rank was 16, now 8"),
+        (["--max-steps", "8"], "--max-steps was 6, now 8"),
+        (["--frames", "3"], "--frames was 2, now 3"),
+    ],
+)
+def test_resume_refuses_settings_that_change_the_run(folder, tiny_checkpoint, tmp_path, flags, message):
+    def finetune(options: dict, *extra):
+        flat = [item for pair in options.items() for item in pair]
+        return runner.invoke(app, ["finetune", str(folder), "--output", str(tmp_path / "run"), "--full", *flat, *extra])
+
+    options = {"--model": str(tiny_checkpoint), "--max-steps": "6", "--save-every": "3", "--lr": "1e-3", "--frames": "2"}
+    assert finetune(options).exit_code == 0
+    result = finetune({**options, **dict(zip(flags[::2], flags[1::2]))}, "--resume")
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    text = " ".join(result.output.split())
+    assert "--resume with other settings" in text and message in text
+
+
+def test_resume_may_change_how_often_it_saves(folder, tiny_checkpoint, tmp_path):
+    common = ["--model", str(tiny_checkpoint), "--full", "--max-steps", "4", "--lr", "1e-3"]
+    run = tmp_path / "run"
+    assert train(folder, run, *common, "--save-every", "3").exit_code == 0
+    # the run ended at step 4; a resume with another --save-every is accepted and has nothing left to do
+    result = train(folder, run, *common, "--save-every", "2", "--resume")
+    assert result.exit_code == 0, result.output
+
+
+@pytest.mark.parametrize("where", ["model", "folder", "inside-folder", "holds-model"])
+def test_output_never_overwrites_an_input(folder, tiny_checkpoint, tmp_path, where):
+    import shutil
+
+    model = tmp_path / "base"
+    shutil.copytree(tiny_checkpoint, model)
+    config = (model / "config.json").read_text()
+    output = {"model": model, "folder": folder, "inside-folder": folder / "out", "holds-model": tmp_path}[where]
+    result = train(folder, output, "--model", str(model), "--stage", "1", "--max-steps", "1")
+    assert result.exit_code == 1 and "training never writes over its inputs" in result.output
+    assert (model / "config.json").read_text() == config and not (folder / "out").exists()
+
+
 @pytest.mark.parametrize(
     "flags,message",
     [
