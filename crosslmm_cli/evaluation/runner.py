@@ -87,6 +87,42 @@ def read_samples(path: Path) -> list[dict]:
     return samples
 
 
+def repair_tail(path: Path) -> None:
+    """End the file with a complete line: a last line cut by a crash (disk full, power loss) is
+    dropped, so the next sample appended starts a line of its own instead of merging with it."""
+    data = path.read_bytes() if path.exists() else b""
+    if not data or data.endswith(b"\n"):
+        return
+    cut = data.rfind(b"\n") + 1
+    try:
+        json.loads(data[cut:])
+        data += b"\n"  # complete but for its newline
+    except ValueError:
+        data = data[:cut]
+    tmp = path.with_suffix(".jsonl.tmp")
+    tmp.write_bytes(data)
+    tmp.replace(path)
+
+
+def check_generation_settings(settings: EvalSettings, task: Task, has_samples: bool, write: bool) -> None:
+    """Samples of one output folder come from one model and one generation setting: a resume with
+    other settings is refused before any weight is loaded; the settings are written with the first
+    sample."""
+    path = settings.output / "generation_settings.json"
+    model = str(Path(settings.model).resolve()) if Path(settings.model).exists() else settings.model
+    now = {"task": task.name, "model": model, "frames": settings.frames, "tokens_per_frame": settings.tokens_per_frame,
+           "quantize": settings.quantize, "max_new_tokens": settings.max_new_tokens or task.max_new_tokens}
+    if has_samples and path.exists():
+        saved = json.loads(path.read_text())
+        changed = [name for name in now if saved.get(name) != now[name]]
+        if changed:
+            differences = "; ".join(f"--{n.replace('_', '-')} {saved.get(n)!r} then, {now[n]!r} now" for n in changed)
+            raise UserError(f"{settings.output} holds samples made with other settings ({differences}); rerun with "
+                            "the same settings to resume, or choose another --output")
+    if write:
+        path.write_text(json.dumps(now, indent=1))
+
+
 def append_sample(path: Path, sample: dict) -> None:
     with open(path, "a") as f:
         f.write(json.dumps(sample, ensure_ascii=False) + "\n")
@@ -231,10 +267,14 @@ def evaluate(settings: EvalSettings, progress: Callable[[int], Callable[[], None
         rank, world = distributed()
         merged = samples_path(settings.output, task.name)
         files = [merged] + [samples_path(settings.output, task.name, r) for r in range(world)] if world > 1 else [merged]
-        done = {s["doc_id"] for path in files for s in read_samples(path)}  # what an interrupted run finished
+        own = samples_path(settings.output, task.name, rank if world > 1 else None)
+        repair_tail(own)
+        finished = [s for path in files for s in read_samples(path)]
+        check_generation_settings(settings, task, has_samples=bool(finished), write=rank == 0)
+        # what an interrupted run finished; a video missing then and there now is asked about again
+        done = {s["doc_id"] for s in finished if not ("missing_video" in s and Path(s["missing_video"]).is_file())}
         groups = by_video(doc for doc in docs if doc.doc_id not in done)
         mine = [doc for i, group in enumerate(groups) if i % world == rank for doc in group]
-        own = samples_path(settings.output, task.name, rank if world > 1 else None)
         tick = progress(len(mine)) if progress and rank == 0 else (lambda: None)
         efficiency = run_model(settings, task, mine, own, tick) or {}
         barrier(world)

@@ -132,6 +132,60 @@ def test_interrupted_run_resumes_without_losing_or_repeating(videomme_dir, tiny_
     assert lines(fresh / "samples_videomme.jsonl") == final
 
 
+def interrupt_after_two_answers(monkeypatch, videomme_dir, tiny_checkpoint, output):
+    from crosslmm_cli.ask import VideoChat
+
+    real_ask, calls = VideoChat.ask_alone, []
+
+    def flaky(self, question):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real_ask(self, question)
+
+    monkeypatch.setattr(VideoChat, "ask_alone", flaky)
+    assert run_eval("videomme", "--data-dir", str(videomme_dir), *common(tiny_checkpoint, output)).exit_code == 130
+    monkeypatch.setattr(VideoChat, "ask_alone", real_ask)
+
+
+def test_a_half_written_sample_line_is_recovered(videomme_dir, tiny_checkpoint, tmp_path, monkeypatch):
+    interrupt_after_two_answers(monkeypatch, videomme_dir, tiny_checkpoint, tmp_path)
+    samples = tmp_path / "samples_videomme.jsonl"
+    with open(samples, "a") as f:
+        f.write('{"doc_id": 2, "task": "videomme", "doc": {"vid')  # the disk filled up mid-line
+    resumed = run_eval("videomme", "--data-dir", str(videomme_dir), *common(tiny_checkpoint, tmp_path))
+    assert resumed.exit_code == 0, resumed.output
+    fresh = tmp_path / "fresh"
+    assert run_eval("videomme", "--data-dir", str(videomme_dir), *common(tiny_checkpoint, fresh)).exit_code == 0
+    assert lines(samples) == lines(fresh / "samples_videomme.jsonl")  # nothing lost, nothing twice
+
+
+@pytest.mark.parametrize("flags,message", [(["--frames", "3"], "--frames 2 then, 3 now"),
+                                           (["--max-new-tokens", "7"], "--max-new-tokens 16 then, 7 now")])
+def test_a_resume_with_other_generation_settings_is_refused(videomme_dir, tiny_checkpoint, tmp_path, monkeypatch,
+                                                            flags, message):
+    interrupt_after_two_answers(monkeypatch, videomme_dir, tiny_checkpoint, tmp_path)
+    before = (tmp_path / "samples_videomme.jsonl").read_text()
+    result = run_eval("videomme", "--data-dir", str(videomme_dir), *common(tiny_checkpoint, tmp_path), *flags)
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert message in " ".join(result.output.split()) and "other settings" in result.output
+    assert (tmp_path / "samples_videomme.jsonl").read_text() == before
+
+
+def test_a_video_added_since_is_asked_about_on_resume(videomme_dir, tiny_checkpoint, tmp_path):
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(videomme_dir, data)
+    output = tmp_path / "run"
+    assert run_eval("videomme", "--data-dir", str(data), *common(tiny_checkpoint, output)).exit_code == 0
+    assert sum("missing_video" in s for s in lines(output / "samples_videomme.jsonl")) == 3
+    make_video(data / "data" / "vid3.mp4")
+    assert run_eval("videomme", "--data-dir", str(data), *common(tiny_checkpoint, output)).exit_code == 0
+    samples = lines(output / "samples_videomme.jsonl")
+    assert [s["doc_id"] for s in samples] == list(range(9)) and not any("missing_video" in s for s in samples)
+
+
 def test_rescoring_responses_with_the_official_parser(videomme_dir, tmp_path):
     samples = tmp_path / "given.jsonl"
     answers = ["The answer is B", "b", "(C)", "Answer: C", "", "D. four"]
