@@ -22,6 +22,7 @@ from rich.progress import (
 )
 
 from .errors import UserError
+from .output_paths import writable_file, writable_folder
 
 app = typer.Typer(
     name="crosslmm",
@@ -93,6 +94,7 @@ def init(
         raise UserError(f"{outdir} exists and is not an empty directory; choose another path or pass --force")
     if dtype and dtype not in DTYPES:
         raise UserError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    writable_folder(outdir, "OUTDIR")
     quiet_libraries()
     options = {} if tokens_per_frame is None else {"tokens_per_frame": tokens_per_frame}
     with stderr.status(f"building {preset}"):
@@ -193,6 +195,7 @@ def evaluate(
     settings = EvalSettings(task=benchmark, data_dir=data_dir, output=output, model=model, frames=frames,
                             tokens_per_frame=tokens_per_frame, quantize=quantize, device=device, limit=limit,
                             parser=parser, responses=responses, max_new_tokens=max_new_tokens)
+    writable_folder(output, "--output")
     quiet_libraries()
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), TimeRemainingColumn(), console=stderr, transient=True) as bar:
@@ -250,6 +253,7 @@ def finetune(
         seed=seed, save_every=save_every, strict=strict, merge=merge, resume=resume,
         gradient_checkpointing=gradient_checkpointing, quantize=quantize, gate_init=gate_init, device=device,
     )
+    writable_folder(output, "--output")
     quiet_libraries()
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("{task.fields[stats]}"), TimeRemainingColumn(), console=stderr) as bar:
@@ -293,16 +297,17 @@ def bench(
     settings = BenchSettings(preset=preset, frames=counts, quantize=quantize, dtype=dtype, device=device,
                              text_tokens=text_tokens, runs=runs, warmup=warmup, decode_tokens=decode_tokens,
                              flops_only=flops_only)
+    for flag, path in (("--json", json_path), ("--plot", plot)):
+        if path is not None:
+            writable_file(path, flag)
     quiet_libraries()
     with stderr.status("starting") as status:
         report = run_bench(settings, status=lambda text: status.update(text))
     Console().print(bench_table(report))
     if json_path is not None:
-        json_path.parent.mkdir(parents=True, exist_ok=True)
         json_path.write_text(json.dumps(report, indent=2))
         stderr.print(f"wrote {json_path}")
     if plot is not None:
-        plot.parent.mkdir(parents=True, exist_ok=True)
         draw(report, plot)
         stderr.print(f"wrote {plot}")
 

@@ -53,7 +53,8 @@ class AskSettings:
         try:
             self.sampling = SamplingSettings(self.max_new_tokens, self.temperature, self.top_p, self.seed)
         except ValueError as error:
-            raise UserError(str(error).replace("max_new_tokens", "--max-new-tokens").replace("top_p", "--top-p")) from None
+            message = str(error).replace("max_new_tokens", "--max-new-tokens").replace("top_p", "--top-p")
+            raise UserError(message.replace("temperature", "--temperature")) from None
         self.request = SamplingRequest(self.frames, self.fps, self.start, self.end, self.seek, max_side=MAX_SIDE)
 
 
@@ -107,6 +108,11 @@ class VideoChat:
             content = [{"type": "video"}, {"type": "text", "text": prefix + question}]
         self.messages.append({"role": "user", "content": content})
         inputs = self._inputs()
+        context = self.model.config.text_config.max_position_embeddings
+        if inputs["input_ids"].shape[1] > context:
+            self.messages.pop()
+            raise UserError(f"the question with the video and the conversation so far is {inputs['input_ids'].shape[1]:,} "
+                            f"tokens; the model reads at most {context:,}: shorten the question or sample fewer --frames")
         device = self.pixels.device
         pieces: list[str] = []
         began = time.perf_counter()

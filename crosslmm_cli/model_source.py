@@ -10,6 +10,7 @@ import torch
 
 from models import PRESETS, CrossLMMConfig, build_preset, load_checkpoint, save_checkpoint
 
+from .checkpoint_files import check_checkpoint
 from .errors import UserError
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -78,6 +79,13 @@ def create_checkpoint(preset: str, outdir: Path, dtype: torch.dtype | None = Non
     save_checkpoint(model, processor, outdir)
 
 
+def looks_like_a_path(spec: str) -> bool:
+    """A hub id is ``owner/name``; anything else with a path separator, or naming a folder that
+    exists, is meant as a local path."""
+    return (spec.startswith(("/", "./", "../", "~")) or spec.endswith("/") or spec.count("/") > 1
+            or ("/" in spec and Path(spec).parent.is_dir()))
+
+
 def refuse_untrained(spec: str) -> None:
     """From-parts models answer nothing useful before Stage I/II training: say so instead."""
     untrained = PRESETS[spec].needs_training if spec in PRESETS else (
@@ -101,12 +109,16 @@ def open_model(
     """Load ``spec``: a checkpoint directory, a preset name (built once into the cache) or a hub id.
     With ``require_trained``, refuse (before loading weights) a model whose projector is untrained."""
     overrides = {} if tokens_per_frame is None else {"tokens_per_frame": tokens_per_frame}
+    if is_checkpoint_dir(spec):
+        check_checkpoint(Path(spec))
     if require_trained:
         refuse_untrained(spec)
     path: str | Path = spec
     if not is_checkpoint_dir(spec):
         if Path(spec).exists():
             raise UserError(f"{spec} is not a crosslmm checkpoint (no config.json); make one with `crosslmm init`")
+        if looks_like_a_path(spec):
+            raise UserError(f"--model {spec}: no such checkpoint folder; check the path (or give a preset name or a hub id)")
         if spec in PRESETS:
             path = cache_home() / spec
             if not is_checkpoint_dir(path):

@@ -79,7 +79,7 @@ def read_samples(path: Path) -> list[dict]:
     if not path.exists():
         return []
     samples = []
-    for line in path.read_text().splitlines():
+    for line in path.read_text(encoding="utf-8-sig", errors="replace").splitlines():
         try:
             samples.append(json.loads(line))
         except json.JSONDecodeError:
@@ -219,7 +219,7 @@ def score(task: Task, docs: list[Doc], samples: list[dict], parser: str) -> tupl
         members = [s[task.metric] for s in scored if s["task"] == name or not task.subtasks]
         if members:
             results[name] = {"alias": name, f"{task.metric},none": task.aggregate(members), "samples": len(members)}
-    if task.subtasks:
+    if task.subtasks or task.name not in results:  # a group's mean; or no answered question at all
         values = [r[f"{task.metric},none"] for r in results.values()]
         results[task.name] = {"alias": task.name, f"{task.metric},none": statistics.fmean(values) if values else 0.0,
                               "samples": len(scored)}
@@ -252,16 +252,46 @@ def write_results(settings: EvalSettings, task: Task, results: dict, samples: li
     return report
 
 
+def load_docs(task: Task, settings: EvalSettings) -> list[Doc]:
+    """The benchmark's questions, each checked (prompt, target and scoring of a dummy answer) before
+    any weight is loaded: a file in another layout or a row missing a field fails here, in one line."""
+    try:
+        docs = task.load(settings.data_dir)
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as error:
+        raise UserError(f"{settings.data_dir}: the {task.name} files are not in the layout crosslmm reads "
+                        f"({type(error).__name__}: {error}); check them against the README's table") from None
+    if settings.limit is not None:
+        docs = docs[: settings.limit]
+    for doc in docs:
+        try:
+            task.prompt(doc), task.target(doc), task.process(doc, "A", settings.parser, random.Random(0))
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError) as error:
+            raise UserError(f"{settings.data_dir}: {task.name} question {doc.doc_id} lacks or mangles a field "
+                            f"({type(error).__name__}: {error}); the benchmark files look damaged") from None
+    return docs
+
+
+def read_responses(path: Path) -> list[dict]:
+    """The samples of a ``--responses`` file, each checked to be one of ours."""
+    samples = read_samples(path)
+    for number, sample in enumerate(samples, 1):
+        sample = sample if isinstance(sample, dict) else {}
+        answered = isinstance(sample.get("filtered_resps"), list) and sample["filtered_resps"] and isinstance(
+            sample["filtered_resps"][0], str)
+        if not isinstance(sample.get("doc_id"), int) or not (answered or "missing_video" in sample):
+            raise UserError(f"--responses {path}: sample {number} is not a crosslmm samples line (it needs doc_id and "
+                            "filtered_resps); give a samples_<task>.jsonl written by `crosslmm eval`")
+    return samples
+
+
 def evaluate(settings: EvalSettings, progress: Callable[[int], Callable[[], None]] | None = None) -> dict | None:
     """Run (or resume) the evaluation; rank 0 returns the results.json content, other ranks None."""
     task = TASKS[settings.task]
-    docs = task.load(settings.data_dir)
-    if settings.limit is not None:
-        docs = docs[: settings.limit]
+    docs = load_docs(task, settings)
     settings.output.mkdir(parents=True, exist_ok=True)
     efficiency: dict = {}
     if settings.responses is not None:
-        samples = read_samples(settings.responses)
+        samples = read_responses(settings.responses)
         rank, world = 0, 1
     else:
         rank, world = distributed()

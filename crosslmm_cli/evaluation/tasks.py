@@ -50,8 +50,8 @@ def _read_table(path: Path) -> list[dict]:
 
         return pandas.read_parquet(path).to_dict(orient="records")
     if path.suffix == ".jsonl":
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return json.loads(path.read_text())
+        return [json.loads(line) for line in path.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
+    return json.loads(path.read_text(encoding="utf-8-sig"))
 
 
 def _plain(value):
@@ -276,7 +276,7 @@ def jsonl_load(data_dir: Path) -> list[Doc]:
     "answer": a letter, an option's text, or free text}."""
     docs = []
     for table in _require(data_dir, "*.jsonl", "jsonl file"):
-        for number, line in enumerate(table.read_text().splitlines(), 1):
+        for number, line in enumerate(table.read_text(encoding="utf-8-sig").splitlines(), 1):
             if not line.strip():
                 continue
             try:

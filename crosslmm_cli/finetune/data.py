@@ -59,6 +59,34 @@ def _messages(row: dict) -> list[dict]:
     return [{"role": "user", "content": str(row["question"])}, {"role": "assistant", "content": str(row["answer"])}]
 
 
+# An annotation row is a few kilobytes; a longer one is a mistake (or an attack) and is skipped unread.
+MAX_ROW_BYTES = 1 << 20
+
+
+def json_lines(path: Path, max_bytes: int = MAX_ROW_BYTES):
+    """(line number, text, None) for each non-blank line of a JSON-lines file, (line number, None,
+    what is wrong) for a line too long or not UTF-8; a UTF-8 byte-order mark is not part of the
+    first row."""
+    with open(path, "rb") as f:
+        number = 0
+        while raw := f.readline(max_bytes + 1):
+            number += 1
+            if len(raw) > max_bytes and not raw.endswith(b"\n"):
+                while (rest := f.readline(max_bytes)) and not rest.endswith(b"\n"):
+                    pass  # skip the rest of the line without holding it
+                yield number, None, f"longer than {max_bytes >> 20} MB; split it into rows"
+                continue
+            if number == 1:
+                raw = raw.removeprefix(b"\xef\xbb\xbf")
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as error:
+                yield number, None, f"not UTF-8 (byte {raw[error.start]:#04x} at column {error.start + 1}); save the file as UTF-8"
+                continue
+            if text.strip():
+                yield number, text, None
+
+
 def read_folder(folder: Path, check_videos: Callable | None = None) -> FolderReport:
     """Parse the annotations; every bad row (malformed JSON, unknown format, a path escaping the
     folder, a missing or unreadable video) becomes a problem naming its line."""
@@ -67,13 +95,19 @@ def read_folder(folder: Path, check_videos: Callable | None = None) -> FolderRep
     report = FolderReport()
     if path.suffix == ".json":
         try:
-            items = list(enumerate(json.loads(path.read_text()), 1))
+            items = list(enumerate(json.loads(path.read_text(encoding="utf-8-sig")), 1))
+        except UnicodeDecodeError as error:
+            raise UserError(f"{path.name} is not UTF-8 text (byte {error.object[error.start]:#04x} at offset "
+                            f"{error.start}); save it as UTF-8") from None
         except json.JSONDecodeError as error:
             raise UserError(f"{path.name} is not valid JSON (line {error.lineno}): {error.msg}") from None
+        except TypeError:
+            raise UserError(f"{path.name} must hold a JSON list of rows") from None
     else:
         items = []
-        for number, line in enumerate(path.read_text().splitlines(), 1):
-            if not line.strip():
+        for number, line, problem in json_lines(path):
+            if problem is not None:
+                report.problems.append(f"line {number}: {problem}")
                 continue
             try:
                 items.append((number, json.loads(line)))
@@ -81,6 +115,9 @@ def read_folder(folder: Path, check_videos: Callable | None = None) -> FolderRep
                 report.problems.append(f"line {number}: malformed JSON ({error.msg})")
     checked: dict[Path, str | None] = {}
     for number, item in items:
+        if not isinstance(item, dict) or not isinstance(item.get("video"), str):
+            report.problems.append(f"line {number}: a row needs \"video\": a path string relative to the folder")
+            continue
         try:
             video = (folder / item["video"]).resolve()
             messages = _messages(item)
@@ -96,6 +133,7 @@ def read_folder(folder: Path, check_videos: Callable | None = None) -> FolderRep
             report.problems.append(f"line {number}: {checked[video]}")
             continue
         report.rows.append(Row(number, video, messages))
+    report.problems.sort(key=lambda problem: int(problem.split(":")[0].removeprefix("line ")))  # in file order
     return report
 
 

@@ -87,7 +87,11 @@ FRAME_FOLDER_FPS = 3.0
 
 
 def frame_files(path: Path) -> list[Path]:
-    return sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) if path.is_dir() else []
+    """The image files of a folder of frames, sorted; none for anything else (probing says why)."""
+    try:
+        return sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) if path.is_dir() else []
+    except OSError:  # a name too long, no permission: check_path reports it
+        return []
 
 
 def read_frame_folder(path: Path, request: SamplingRequest) -> tuple[VideoInfo, SampledFrames]:

@@ -1,0 +1,98 @@
+"""Check a local checkpoint's files before a single weight is allocated: a readable ``config.json``,
+safetensors weights (never pickles) that are whole, and shapes that agree with the config.
+
+A config with absurd sizes would otherwise have transformers allocate them (a terabyte) before it
+ever looks at the weights; here the model is built on the meta device (shapes only, no memory) and
+compared with the safetensors header, which is read without touching the tensor data.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+from .errors import UserError
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+# a safetensors header lists names, dtypes, shapes and offsets: megabytes even for the largest models
+MAX_HEADER_BYTES = 100 << 20
+
+
+def safetensors_header(path: Path) -> dict:
+    """The header of a safetensors file (name -> dtype, shape, data_offsets); :class:`UserError`
+    when the file is not whole."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        prefix = f.read(8)
+        if len(prefix) < 8:
+            raise UserError(f"{path} is not a safetensors file (it is {size} bytes); copy the checkpoint again")
+        (length,) = struct.unpack("<Q", prefix)
+        if length > min(size - 8, MAX_HEADER_BYTES):
+            raise UserError(f"{path} is truncated or not a safetensors file; copy the checkpoint again")
+        try:
+            header = json.loads(f.read(length))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            raise UserError(f"{path} has a damaged header; copy the checkpoint again") from None
+    header.pop("__metadata__", None)
+    needed = max((entry["data_offsets"][1] for entry in header.values()), default=0) + 8 + length
+    if needed > size:
+        raise UserError(f"{path} is truncated ({size:,} of {needed:,} bytes); copy the checkpoint again")
+    return header
+
+
+def weight_files(folder: Path) -> list[Path]:
+    """The safetensors files a checkpoint folder loads from: one file, a sharded index's shards, or a
+    trained-only checkpoint's tensors; :class:`UserError` when there are none (pickles are refused)."""
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        except (ValueError, KeyError, TypeError, AttributeError):
+            raise UserError(f"{index} is not a valid shard index; copy the checkpoint again") from None
+        missing = [name for name in shards if not (folder / name).is_file() or Path(name).name != name]
+        if missing:
+            raise UserError(f"{folder} lacks the weight shard {missing[0]} its index lists; copy the checkpoint again")
+        return [folder / name for name in shards]
+    for name in ("model.safetensors", "trained.safetensors"):
+        if (folder / name).is_file():
+            return [folder / name]
+    pickles = sorted(p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES)
+    if pickles:
+        raise UserError(f"{folder} holds only pickled weights ({', '.join(pickles[:3])}); crosslmm reads only safetensors, "
+                        "which cannot run code: convert them (safetensors' convert script) or use a safetensors checkpoint")
+    raise UserError(f"{folder} has a config.json but no model.safetensors; copy the whole checkpoint")
+
+
+def read_config(folder: Path) -> dict:
+    path = folder / "config.json"
+    try:
+        config = json.loads(path.read_bytes())
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise UserError(f"{path} is not valid JSON ({error}); copy the checkpoint again") from None
+    if not isinstance(config, dict):
+        raise UserError(f"{path} is not a JSON object; copy the checkpoint again")
+    return config
+
+
+def check_checkpoint(folder: Path) -> None:
+    """:class:`UserError` unless ``folder``'s config and safetensors weights are readable and agree."""
+    import torch
+
+    from models import CrossLMMConfig, CrossLMMForConditionalGeneration
+
+    read_config(folder)
+    files = weight_files(folder)
+    header = {name: entry for path in files for name, entry in safetensors_header(path).items()}
+    try:
+        config = CrossLMMConfig.from_pretrained(folder)
+        config.validate_crosslmm()
+        with torch.device("meta"):  # shapes only: nothing is allocated, whatever sizes the config claims
+            expected = {name: list(p.shape) for name, p in CrossLMMForConditionalGeneration(config).state_dict().items()}
+    except (ValueError, TypeError, KeyError, AttributeError, OSError) as error:
+        raise UserError(f"{folder / 'config.json'} does not describe a CrossLMM model ({error}); copy the checkpoint again") from None
+    for name, entry in header.items():
+        quantised = entry.get("dtype") == "U8" or not name.endswith(("weight", "bias"))
+        if name in expected and not quantised and list(entry["shape"]) != expected[name]:
+            raise UserError(f"{folder}: config.json and the weights disagree ({name} is {entry['shape']} in the file, "
+                            f"{expected[name]} by the config); the two do not belong together")

@@ -1,0 +1,207 @@
+"""Bad inputs, hostile inputs and damaged files across the commands: each ends in one error line and
+exit 1 (no traceback) before slow work, or is reported and skipped where a run can go on."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+import tracemalloc
+
+import pandas
+import pytest
+from typer.testing import CliRunner
+
+from crosslmm_cli.app import app
+from crosslmm_cli.synthetic_video import index_frames, write_video
+
+runner = CliRunner()
+
+
+def one_error_line(result, *words: str) -> None:
+    """Exit 1, no traceback, and exactly one error line holding ``words``."""
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output and len(errors) == 1, result.output
+    for word in words:
+        assert word in errors[0], errors[0]
+
+
+@pytest.fixture
+def checkpoint_copy(tiny_checkpoint, tmp_path):
+    path = tmp_path / "ckpt"
+    shutil.copytree(tiny_checkpoint, path)
+    return path
+
+
+def ask(videos, model, *flags):
+    return runner.invoke(app, ["ask", str(videos["mp4"]), "What?", "--model", str(model), "--frames", "2",
+                               "--max-new-tokens", "2", *flags])
+
+
+# ---- flags -----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("flags,words", [
+    (["--fps", "nan"], ["--fps", "finite"]),
+    (["--fps", "inf"], ["--fps", "finite"]),
+    (["--start", "nan"], ["--start", "finite"]),
+    (["--end", "nan"], ["--end", "finite"]),
+    (["--temperature", "nan"], ["--temperature", "finite"]),
+])
+def test_non_finite_numbers_are_refused(videos, tiny_checkpoint, flags, words):
+    one_error_line(ask(videos, tiny_checkpoint, *flags), *words)
+
+
+def test_a_question_longer_than_the_context_is_refused(videos, tiny_checkpoint):
+    result = runner.invoke(app, ["ask", str(videos["mp4"]), "why " * 30_000, "--model", str(tiny_checkpoint),
+                                 "--frames", "2"])
+    one_error_line(result, "shorten the question")
+
+
+# ---- videos ----------------------------------------------------------------------------------------
+def test_an_overlong_path_name(tiny_checkpoint, tmp_path):
+    result = runner.invoke(app, ["ask", str(tmp_path / ("v" * 300 + ".mp4")), "What?", "--model", str(tiny_checkpoint)])
+    one_error_line(result, "too long")
+
+
+def test_a_fifo_is_not_a_video(tiny_checkpoint, tmp_path):
+    fifo = tmp_path / "pipe.mp4"
+    os.mkfifo(fifo)
+    one_error_line(runner.invoke(app, ["ask", str(fifo), "What?", "--model", str(tiny_checkpoint)]), "not a regular file")
+
+
+# ---- checkpoints -----------------------------------------------------------------------------------
+def test_a_truncated_safetensors_file(videos, checkpoint_copy):
+    weights = checkpoint_copy / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    one_error_line(ask(videos, checkpoint_copy), "truncated")
+
+
+def test_an_invalid_config(videos, checkpoint_copy):
+    (checkpoint_copy / "config.json").write_text('{"model_type": "crosslmm", ')
+    one_error_line(ask(videos, checkpoint_copy), "config.json is not valid JSON")
+
+
+def test_a_folder_of_pickles_is_refused_unread(videos, checkpoint_copy):
+    (checkpoint_copy / "model.safetensors").rename(checkpoint_copy / "pytorch_model.bin")
+    one_error_line(ask(videos, checkpoint_copy), "only pickled weights", "only safetensors")
+
+
+def test_a_config_with_absurd_sizes_is_refused_before_allocating(videos, checkpoint_copy):
+    config = json.loads((checkpoint_copy / "config.json").read_text())
+    config["text_config"].update(vocab_size=10**9, hidden_size=2**16, intermediate_size=10**7)
+    (checkpoint_copy / "config.json").write_text(json.dumps(config))
+    tracemalloc.start()
+    began = time.perf_counter()
+    result = ask(videos, checkpoint_copy)
+    seconds, (_, peak) = time.perf_counter() - began, tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    one_error_line(result, "config.json and the weights disagree")
+    assert seconds < 5 and peak < 64 * 2**20
+
+
+def test_a_missing_local_model_folder_is_not_blamed_on_the_hub(videos, tmp_path):
+    one_error_line(ask(videos, tmp_path / "no-such-model"), "no such checkpoint folder")
+
+
+# ---- outputs ---------------------------------------------------------------------------------------
+def jsonl_benchmark(root, rows):
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "questions.jsonl").write_bytes(b"".join(r if isinstance(r, bytes) else (json.dumps(r) + "\n").encode()
+                                                    for r in rows))
+    return root
+
+
+def test_outputs_that_cannot_be_written_are_refused_before_the_work(tiny_checkpoint, tmp_path):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    data = jsonl_benchmark(tmp_path / "bench", [{"video": "v.mp4", "question": "q", "answer": "a"}])
+    one_error_line(runner.invoke(app, ["eval", "jsonl", "--data-dir", str(data), "--output", str(a_file),
+                                       "--model", str(tiny_checkpoint)]), "is a file")
+    one_error_line(runner.invoke(app, ["bench", "--preset", "tiny", "--frames", "1", "--json", str(tmp_path)]),
+                   "--json", "is a folder")
+    one_error_line(runner.invoke(app, ["bench", "--preset", "tiny", "--frames", "1", "--json", str(a_file / "x.json")]),
+                   "--json", "is a file")
+    one_error_line(runner.invoke(app, ["init", "tiny", str(a_file / "ckpt")]), "is a file")
+
+
+# ---- eval data -------------------------------------------------------------------------------------
+def videomme(root, drop: str):
+    (root / "videomme").mkdir(parents=True)
+    row = {"video_id": "001", "duration": "short", "domain": "Knowledge", "sub_category": "History", "url": "",
+           "videoID": "vid1", "question_id": "001-1", "task_type": "Counting Problem", "question": "How many?",
+           "options": ["A. one", "B. two", "C. three", "D. four"], "answer": "A"}
+    row.pop(drop)
+    pandas.DataFrame([row]).to_parquet(root / "videomme" / "test-00000-of-00001.parquet")
+    return root
+
+
+@pytest.mark.parametrize("drop", ["videoID", "options"])
+def test_benchmark_rows_missing_a_field_fail_before_the_model_loads(tmp_path, drop, monkeypatch):
+    from crosslmm_cli import ask as ask_module
+
+    monkeypatch.setattr(ask_module, "prepare_model", lambda *a: pytest.fail("the model was loaded"))
+    data = videomme(tmp_path / "vmme", drop)
+    result = runner.invoke(app, ["eval", "videomme", "--data-dir", str(data), "--output", str(tmp_path / "out")])
+    one_error_line(result, drop)
+
+
+def test_half_a_parquet_file(tmp_path):
+    data = videomme(tmp_path / "vmme", "url")
+    table = data / "videomme" / "test-00000-of-00001.parquet"
+    table.write_bytes(table.read_bytes()[: table.stat().st_size // 2])
+    result = runner.invoke(app, ["eval", "videomme", "--data-dir", str(data), "--output", str(tmp_path / "out")])
+    one_error_line(result, "not in the layout")
+
+
+@pytest.mark.parametrize("row", [b'{"video": "v.mp4", "question": "caf\xe9?", "answer": "A"}\n',
+                                 b'{"video": 7, "question": "q", "answer": "A"}\n'], ids=["latin-1", "numeric-video"])
+def test_damaged_eval_rows(tmp_path, row):
+    data = jsonl_benchmark(tmp_path / "bench", [row])
+    result = runner.invoke(app, ["eval", "jsonl", "--data-dir", str(data), "--output", str(tmp_path / "out")])
+    one_error_line(result, "jsonl")
+
+
+def test_every_video_missing_still_writes_results(tiny_checkpoint, tmp_path):
+    data = jsonl_benchmark(tmp_path / "bench", [{"video": "gone.mp4", "question": "q", "answer": "a"}] * 2)
+    result = runner.invoke(app, ["eval", "jsonl", "--data-dir", str(data), "--output", str(tmp_path / "out"),
+                                 "--model", str(tiny_checkpoint), "--frames", "2"])
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert report["results"]["jsonl"]["missing_videos"] == 2 and report["results"]["jsonl"]["samples"] == 0
+
+
+@pytest.mark.parametrize("content", ['{"doc_id": 0, "resps": "A"}\n', '[1, 2]\n', '{"answer": "A"}\n'])
+def test_responses_of_another_schema(tmp_path, content):
+    data = jsonl_benchmark(tmp_path / "bench", [{"video": "v.mp4", "question": "q", "answer": "a"}])
+    responses = tmp_path / "responses.jsonl"
+    responses.write_text(content)
+    result = runner.invoke(app, ["eval", "jsonl", "--data-dir", str(data), "--output", str(tmp_path / "out"),
+                                 "--responses", str(responses)])
+    one_error_line(result, "--responses", "not a crosslmm samples line")
+
+
+# ---- finetune annotations --------------------------------------------------------------------------
+def test_damaged_annotation_rows_are_reported_and_skipped(tmp_path):
+    from crosslmm_cli.finetune.data import MAX_ROW_BYTES, read_folder
+
+    folder = tmp_path / "train"
+    folder.mkdir()
+    write_video(folder / "a.mp4", index_frames(6, 32, 32), (32, 32), 10, "libx264")
+    good = json.dumps({"video": "a.mp4", "question": "q", "answer": "a"}).encode()
+    lines = [
+        b"\xef\xbb\xbf" + good,  # 1: a byte-order mark does not cost the first row
+        b'{"video": "a.mp4", "question": "caf\xe9", "answer": "a"}',  # 2: Latin-1, not UTF-8
+        json.dumps({"video": 12, "question": "q", "answer": "a"}).encode(),  # 3: a number for a path
+        b'{"video": "a.mp4", "question": "' + b"x" * (16 * MAX_ROW_BYTES) + b'", "answer": "a"}',  # 4: 16 MB
+        good,  # 5
+    ]
+    (folder / "annotations.jsonl").write_bytes(b"\n".join(lines) + b"\n")
+    tracemalloc.start()
+    report = read_folder(folder)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert [row.line for row in report.rows] == [1, 5]
+    assert [problem.split(":")[0] for problem in report.problems] == ["line 2", "line 3", "line 4"]
+    assert "not UTF-8" in report.problems[0] and "path string" in report.problems[1] and "longer than" in report.problems[2]
+    assert peak < 8 * MAX_ROW_BYTES  # the long row was never held whole
