@@ -52,6 +52,10 @@ def user_errors(command):
     return wrapper
 
 
+# Paths are checked by the commands themselves (one line, exit 1), not by click's parser (a boxed
+# message and exit 2): every Path parameter below says readable=False.
+
+
 def quiet_libraries() -> None:
     """Library progress bars and warnings are noise in a CLI (hub downloads keep theirs); e.g.
     bitsandbytes warns on CPU that an optional kernel package is missing."""
@@ -81,7 +85,7 @@ def models() -> None:
 @user_errors
 def init(
     preset: Annotated[str, typer.Argument(help="preset name (see `crosslmm models`)")],
-    outdir: Annotated[Path, typer.Argument(help="directory to write the checkpoint to")],
+    outdir: Annotated[Path, typer.Argument(readable=False, help="directory to write the checkpoint to")],
     tokens_per_frame: Annotated[Optional[int], typer.Option(help="pooled tokens per frame (1, 4, 9, 16, ...)")] = None,
     dtype: Annotated[str, typer.Option(help="weights dtype: bf16 | fp16 | fp32 (random presets default to fp32)")] = "",
     force: Annotated[bool, typer.Option(help="write into a non-empty directory")] = False,
@@ -105,7 +109,7 @@ def init(
 @app.command()
 @user_errors
 def ask(
-    video: Annotated[Path, typer.Argument(help="a local video file")],
+    video: Annotated[Path, typer.Argument(readable=False, help="a local video file")],
     question: Annotated[str, typer.Argument(help="the question (the first one, with --chat)")],
     model: Annotated[str, typer.Option(help="preset name, checkpoint directory (crosslmm init) or hub id")] = "crosslmm-ov-0.5b",
     frames: Annotated[int, typer.Option(help="frames to sample uniformly (segment centres)")] = 32,
@@ -175,8 +179,8 @@ def ask(
 def evaluate(
     benchmark: Annotated[str, typer.Argument(help="videomme | videomme_w_subtitle | mvbench | mlvu | longvideobench | "
                                                   "perceptiontest | nextqa | egoschema | jsonl")],
-    data_dir: Annotated[Path, typer.Option(help="the benchmark's official local files")],
-    output: Annotated[Path, typer.Option(help="folder for results.json and samples_<task>.jsonl")] = Path("runs"),
+    data_dir: Annotated[Path, typer.Option(readable=False, help="the benchmark's official local files")],
+    output: Annotated[Path, typer.Option(readable=False, help="folder for results.json and samples_<task>.jsonl")] = Path("runs"),
     model: Annotated[str, typer.Option(help="preset name, checkpoint directory or hub id")] = "crosslmm-ov-0.5b",
     frames: Annotated[int, typer.Option(help="frames sampled per video")] = 32,
     tokens_per_frame: Annotated[Optional[int], typer.Option(help="pooled tokens per frame")] = None,
@@ -184,7 +188,7 @@ def evaluate(
     device: Annotated[Optional[str], typer.Option(help="cuda, cuda:N or cpu")] = None,
     limit: Annotated[Optional[int], typer.Option(help="only the first N questions (smoke runs)")] = None,
     parser: Annotated[str, typer.Option(help="answer extraction: lmms-eval (current) | official (Video-MME's own)")] = "lmms-eval",
-    responses: Annotated[Optional[Path], typer.Option(help="score this samples file instead of running a model")] = None,
+    responses: Annotated[Optional[Path], typer.Option(readable=False, help="score this samples file instead of running a model")] = None,
     max_new_tokens: Annotated[Optional[int], typer.Option(help="override the benchmark's answer length")] = None,
 ) -> None:
     """Score a model on a video benchmark from its official local files, as lmms-eval scores it.
@@ -215,8 +219,8 @@ def evaluate(
 @app.command()
 @user_errors
 def finetune(
-    folder: Annotated[Path, typer.Argument(help="videos anywhere under it and annotations.jsonl (or .json)")],
-    output: Annotated[Path, typer.Option(help="checkpoint directory to write (ask/eval load it with --model)")],
+    folder: Annotated[Path, typer.Argument(readable=False, help="videos anywhere under it and annotations.jsonl (or .json)")],
+    output: Annotated[Path, typer.Option(readable=False, help="checkpoint directory to write (ask/eval load it with --model)")],
     model: Annotated[str, typer.Option(help="base: preset name, checkpoint directory or hub id")] = "crosslmm-ov-0.5b",
     stage: Annotated[int, typer.Option(help="1: projector + V2V, LLM and vision frozen, T2V off; 2: end to end, T2V on")] = 2,
     full: Annotated[bool, typer.Option(help="stage 2: train all LLM weights instead of LoRA adapters")] = False,
@@ -281,8 +285,8 @@ def bench(
     runs: Annotated[int, typer.Option(help="timed prefills per point; the median is reported")] = 3,
     warmup: Annotated[int, typer.Option(help="untimed prefills before timing")] = 1,
     decode_tokens: Annotated[int, typer.Option(help="tokens decoded to measure decode speed")] = 16,
-    json_path: Annotated[Optional[Path], typer.Option("--json", help="write every figure to this JSON file")] = None,
-    plot: Annotated[Optional[Path], typer.Option(help="write a PNG like the paper's Figure 4")] = None,
+    json_path: Annotated[Optional[Path], typer.Option("--json", readable=False, help="write every figure to this JSON file")] = None,
+    plot: Annotated[Optional[Path], typer.Option(readable=False, help="write a PNG like the paper's Figure 4")] = None,
     flops_only: Annotated[bool, typer.Option(help="only count FLOPs (meta device: any preset, any machine, seconds)")] = False,
 ) -> None:
     """Prefill latency, decode speed, peak memory and FLOPs of CrossLMM against the full-token

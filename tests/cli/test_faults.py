@@ -3,6 +3,7 @@ exit 1 (no traceback) before slow work, or is reported and skipped where a run c
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import shutil
@@ -68,6 +69,19 @@ def test_a_fifo_is_not_a_video(tiny_checkpoint, tmp_path):
     fifo = tmp_path / "pipe.mp4"
     os.mkfifo(fifo)
     one_error_line(runner.invoke(app, ["ask", str(fifo), "What?", "--model", str(tiny_checkpoint)]), "not a regular file")
+
+
+def test_an_unreadable_video_is_one_line_not_a_parser_box(videos, tiny_checkpoint, monkeypatch):
+    """Measured as an unprivileged user on a chmod 000 file, before: click's own check, a boxed
+    message and exit 2. Here the file is made unreadable to the process by refusing its open()."""
+    probe_module = importlib.import_module("crosslmm_cli.video.probe")  # the module, not the function
+
+    def refuse(path, *args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(os, "access", lambda *args, **kwargs: False)  # what click's readable check asks
+    monkeypatch.setattr(probe_module, "open", refuse, raising=False)
+    one_error_line(ask(videos, tiny_checkpoint), "cannot be read (Permission denied)")
 
 
 # ---- checkpoints -----------------------------------------------------------------------------------
