@@ -188,17 +188,26 @@ def evaluate(
     device: Annotated[Optional[str], typer.Option(help="cuda, cuda:N or cpu")] = None,
     limit: Annotated[Optional[int], typer.Option(help="only the first N questions (smoke runs)")] = None,
     parser: Annotated[str, typer.Option(help="answer extraction: lmms-eval (current) | official (Video-MME's own)")] = "lmms-eval",
-    responses: Annotated[Optional[Path], typer.Option(readable=False, help="score this samples file instead of running a model")] = None,
+    responses: Annotated[Optional[Path], typer.Option(readable=False, help="score this samples file (ours or lmms-eval's), or a folder of them, instead of running a model")] = None,
     max_new_tokens: Annotated[Optional[int], typer.Option(help="override the benchmark's answer length")] = None,
+    reasoning_tags: Annotated[Optional[str], typer.Option(
+        help='reasoning blocks cut before scoring, as lmms-eval\'s --reasoning_tags: a JSON list of [start, end] '
+             'pairs, or none (default: [["<think>","</think>"],["<analysis>","</analysis>"]])')] = None,
+    subtitles_on_found_video: Annotated[bool, typer.Option(
+        help="videomme_w_subtitle: time the subtitles on the video found (.mkv too); lmms-eval looks only for "
+             "data/<id>.mp4 and shows other containers' questions an empty subtitle block")] = False,
 ) -> None:
     """Score a model on a video benchmark from its official local files, as lmms-eval scores it.
     Rerunning the same command resumes; under torchrun / accelerate launch the work is sharded."""
+    from .evaluation.postprocess import parse_reasoning_tags
     from .evaluation.report import results_tables
     from .evaluation.runner import EvalSettings, evaluate as run
 
     settings = EvalSettings(task=benchmark, data_dir=data_dir, output=output, model=model, frames=frames,
                             tokens_per_frame=tokens_per_frame, quantize=quantize, device=device, limit=limit,
-                            parser=parser, responses=responses, max_new_tokens=max_new_tokens)
+                            parser=parser, responses=responses, max_new_tokens=max_new_tokens,
+                            reasoning_tags=parse_reasoning_tags(reasoning_tags),
+                            subtitles_on_found_video=subtitles_on_found_video)
     writable_folder(output, "--output")
     quiet_libraries()
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),

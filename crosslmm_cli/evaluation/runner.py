@@ -9,19 +9,22 @@ process writes.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
+import functools
 import json
 import os
 import random
 import statistics
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from ..errors import UserError
-from .tasks import LMMS_EVAL_VERSION, TASKS, Doc, Task
+from .postprocess import DEFAULT_REASONING_TAGS, filtered_response
+from .tasks import LMMS_EVAL_VERSION, TASKS, Doc, Task, videomme_subtitle_prompt
 
 
 @dataclass
@@ -38,6 +41,9 @@ class EvalSettings:
     parser: str = "lmms-eval"  # answer extraction: "lmms-eval" (current) or "official" (Video-MME's own)
     responses: Path | None = None  # score this samples file instead of running a model
     max_new_tokens: int | None = None  # override the task's generation length (lmms-eval's when None)
+    # reasoning blocks cut before scoring, lmms-eval's default; None scores the stripped text as it is
+    reasoning_tags: list[list[str]] | None = field(default_factory=lambda: DEFAULT_REASONING_TAGS)
+    subtitles_on_found_video: bool = False  # videomme_w_subtitle: time subtitles on an .mkv too (lmms-eval does not)
 
     def __post_init__(self):
         if self.task not in TASKS:
@@ -48,8 +54,8 @@ class EvalSettings:
             raise UserError(f"--data-dir {self.data_dir} is not a folder; point it at the benchmark's files")
         if self.limit is not None and self.limit < 1:
             raise UserError(f"--limit must be >= 1, got {self.limit}")
-        if self.responses is not None and not self.responses.is_file():
-            raise UserError(f"--responses {self.responses}: no such file")
+        if self.responses is not None and not self.responses.exists():
+            raise UserError(f"--responses {self.responses}: no such file or folder")
 
 
 # ---- distributed ------------------------------------------------------------------------------------
@@ -142,17 +148,24 @@ def by_video(docs: Iterable[Doc]) -> list[list[Doc]]:
     return list(groups.values())
 
 
-def sample_record(task: Task, doc: Doc, prompt: str, response: str, parser: str) -> dict:
-    """One line of the samples file, with lmms-eval's fields."""
+def task_of(task: Task, doc: Doc) -> str:
+    """The (sub)task a question is scored under: a group member's name, else the task's own."""
+    return doc.task if task.subtasks else task.name
+
+
+def sample_record(task: Task, doc: Doc, prompt: str, response: str, settings: EvalSettings) -> dict:
+    """One line of the samples file, with lmms-eval's fields: the raw generation in ``resps``, the
+    text scored (stripped, reasoning cut) in ``filtered_resps``."""
+    filtered = filtered_response(response, settings.reasoning_tags)
     return {
         "doc_id": doc.doc_id,
-        "task": doc.task,
+        "task": task_of(task, doc),
         "doc": doc.data,
         "target": task.target(doc),
         "input": prompt,
         "resps": [[response]],
-        "filtered_resps": [response],
-        task.metric: task.process(doc, response, parser),
+        "filtered_resps": [filtered],
+        task.metric: task.process(doc, filtered, settings.parser),
     }
 
 
@@ -184,7 +197,7 @@ def run_model(settings: EvalSettings, task: Task, docs: list[Doc], path: Path,
             prompt = task.prompt(doc)
             answer = session.ask_alone(prompt)
             prefill_seconds.append(answer.time_to_first_token)
-            append_sample(path, sample_record(task, doc, prompt, answer.text, settings.parser))
+            append_sample(path, sample_record(task, doc, prompt, answer.text, settings))
             on_sample()
     device = model.device
     return {
@@ -198,9 +211,20 @@ def run_model(settings: EvalSettings, task: Task, docs: list[Doc], path: Path,
 
 
 # ---- scoring ------------------------------------------------------------------------------------
-def score(task: Task, docs: list[Doc], samples: list[dict], parser: str) -> tuple[dict, list[dict]]:
-    """Re-score every answered sample with ``parser``; lmms-eval's results for the task (and each
-    subtask of a group) and the samples, sorted by doc_id."""
+def raw_response(sample: dict) -> str | None:
+    """The generation a sample holds: ``resps`` (ours: [[text]]; lmms-eval's: [text], or absent when
+    equal to ``filtered_resps``), else ``filtered_resps``; None when neither holds text."""
+    value = sample.get("resps", sample.get("filtered_resps"))
+    while isinstance(value, list) and value:
+        value = value[0]
+    return value if isinstance(value, str) else None
+
+
+def score(task: Task, docs: list[Doc], samples: list[dict], parser: str,
+          reasoning_tags: list[list[str]] | None = DEFAULT_REASONING_TAGS) -> tuple[dict, list[dict]]:
+    """Re-score every answered sample with ``parser`` from its raw generation, post-processed as
+    lmms-eval does; lmms-eval's results for the task (and each subtask of a group) and the samples,
+    sorted by doc_id."""
     by_id = {doc.doc_id: doc for doc in docs}
     rng = random.Random(0)  # parsers that guess when nothing parses draw from it in document order, as lmms-eval seeds
     scored, missing = [], []
@@ -211,8 +235,10 @@ def score(task: Task, docs: list[Doc], samples: list[dict], parser: str) -> tupl
         doc = by_id.get(sample["doc_id"])
         if doc is None:
             raise UserError(f"the samples name doc_id {sample['doc_id']}, which the benchmark folder does not have")
-        response = sample["filtered_resps"][0]
-        scored.append({**sample, task.metric: task.process(doc, response, parser, rng)})
+        raw = raw_response(sample) or ""
+        response = filtered_response(raw, reasoning_tags)
+        scored.append({**sample, "resps": [[raw]], "filtered_resps": [response],
+                       task.metric: task.process(doc, response, parser, rng)})
     results = {}
     names = task.subtasks or [task.name]
     for name in names:
@@ -271,27 +297,56 @@ def load_docs(task: Task, settings: EvalSettings) -> list[Doc]:
     return docs
 
 
-def read_responses(path: Path) -> list[dict]:
-    """The samples of a ``--responses`` file, each checked to be one of ours."""
-    samples = read_samples(path)
-    for number, sample in enumerate(samples, 1):
-        sample = sample if isinstance(sample, dict) else {}
-        answered = isinstance(sample.get("filtered_resps"), list) and sample["filtered_resps"] and isinstance(
-            sample["filtered_resps"][0], str)
-        if not isinstance(sample.get("doc_id"), int) or not (answered or "missing_video" in sample):
-            raise UserError(f"--responses {path}: sample {number} is not a crosslmm samples line (it needs doc_id and "
-                            "filtered_resps); give a samples_<task>.jsonl written by `crosslmm eval`")
+def read_responses(path: Path, task: Task, docs: list[Doc]) -> list[dict]:
+    """The samples of ``--responses``: a samples file of ours or of lmms-eval 0.7.3 (``filtered_resps``
+    as a string, no ``doc``, no ``task``, doc_ids counted within each subtask), or a folder of them,
+    where lmms-eval's ``<date>_samples_<task>.jsonl`` name the (sub)task."""
+    names = [task.name, *task.subtasks]
+    files = [path] if path.is_file() else [f for f in sorted(path.glob("*.jsonl")) if _named_task(f, names)]
+    if not files:
+        raise UserError(f"--responses {path} holds no samples file of {task.name} (samples_<task>.jsonl)")
+    members = {name: [doc for doc in docs if task_of(task, doc) == name] for name in names}
+    samples = []
+    for file in files:
+        for number, sample in enumerate(read_samples(file), 1):
+            where = f"--responses {file} sample {number}"
+            if not isinstance(sample, dict) or not isinstance(sample.get("doc_id"), int) or (
+                raw_response(sample) is None and "missing_video" not in sample
+            ):
+                raise UserError(f"{where} is not a samples line of crosslmm or lmms-eval (it needs doc_id and "
+                                "filtered_resps); give a samples_<task>.jsonl that `crosslmm eval` or lmms-eval wrote")
+            if "doc" in sample and "task" in sample:  # ours: global doc ids
+                samples.append(sample)
+                continue
+            name = sample.get("task") or _named_task(file, names) or (task.name if not task.subtasks else None)
+            if name not in members:
+                raise UserError(f"{where}: cannot tell which {task.name} task it answers; keep lmms-eval's file name "
+                                "(<date>_samples_<task>.jsonl)")
+            if not 0 <= sample["doc_id"] < len(members[name]):
+                raise UserError(f"{where}: doc_id {sample['doc_id']} is beyond the {len(members[name])} questions of "
+                                f"{name} in --data-dir; score it against the benchmark files it was made on")
+            doc = members[name][sample["doc_id"]]
+            samples.append({"doc_id": doc.doc_id, "task": name, "doc": doc.data, "target": task.target(doc),
+                            "resps": [[raw_response(sample)]], "filtered_resps": [raw_response(sample)]})
     return samples
+
+
+def _named_task(file: Path, names: list[str]) -> str | None:
+    """The task a samples file names (``samples_<task>.jsonl``, lmms-eval's with a date before it)."""
+    matches = [name for name in names if file.name.endswith(f"samples_{name}.jsonl")]
+    return max(matches, key=len) if matches else None
 
 
 def evaluate(settings: EvalSettings, progress: Callable[[int], Callable[[], None]] | None = None) -> dict | None:
     """Run (or resume) the evaluation; rank 0 returns the results.json content, other ranks None."""
     task = TASKS[settings.task]
+    if settings.subtitles_on_found_video and task.name == "videomme_w_subtitle":
+        task = dataclasses.replace(task, prompt=functools.partial(videomme_subtitle_prompt, timed_on_found_video=True))
     docs = load_docs(task, settings)
     settings.output.mkdir(parents=True, exist_ok=True)
     efficiency: dict = {}
     if settings.responses is not None:
-        samples = read_responses(settings.responses)
+        samples = read_responses(settings.responses, task, docs)
         rank, world = 0, 1
     else:
         rank, world = distributed()
@@ -311,7 +366,7 @@ def evaluate(settings: EvalSettings, progress: Callable[[int], Callable[[], None
         if rank != 0:
             return None
         samples = list({s["doc_id"]: s for path in files for s in read_samples(path)}.values())
-    results, scored = score(task, docs, samples, settings.parser)
+    results, scored = score(task, docs, samples, settings.parser, settings.reasoning_tags)
     report = write_results(settings, task, results, scored, efficiency, len(docs))
     if world > 1:
         for other in range(world):

@@ -174,10 +174,13 @@ def videomme_subtitle_text(video: Path, subtitle: Path) -> str:
     return "\n".join(lines)
 
 
-def videomme_subtitle_prompt(doc: Doc) -> str:
-    """videomme_doc_to_text_subtitle with its default kwargs."""
+def videomme_subtitle_prompt(doc: Doc, timed_on_found_video: bool = False) -> str:
+    """videomme_doc_to_text_subtitle with its default kwargs. lmms-eval times the subtitles on
+    ``data/<videoID>.mp4`` whatever the video's container, so an ``.mkv`` (or ``.MP4``) video gets an
+    empty subtitle block; ``timed_on_found_video`` times them on the video actually found instead."""
     subtitle_path = doc.video.parent.parent / "subtitle" / f"{doc.data['videoID']}.srt"
-    subtitle = videomme_subtitle_text(doc.video, subtitle_path) if subtitle_path.exists() else "No subtitles available"
+    timing_video = doc.video if timed_on_found_video else doc.video.parent / f"{doc.data['videoID']}.mp4"
+    subtitle = videomme_subtitle_text(timing_video, subtitle_path) if subtitle_path.exists() else "No subtitles available"
     question = doc.data["question"] + "\n" + "\n".join(f"{option}" for option in doc.data["options"])
     return ("This video's subtitles are listed below: \n" + subtitle + "\n" + VIDEOMME_OPTION_PROMPT + "\n"
             + question + "\n" + "The best answer is:")
@@ -294,7 +297,8 @@ def _letters(row: dict) -> list[str]:
 
 
 def jsonl_prompt(doc: Doc) -> str:
-    """Multiple choice as lmms-eval's Video-MME default prompt; open questions as they are."""
+    """Multiple choice: the question, then one "A. option" line per option, then Video-MME's default
+    post-prompt (answer with the option's letter); open questions as they are."""
     row = doc.data
     if not row.get("options"):
         return row["question"]
@@ -383,10 +387,14 @@ def mlvu_aggregate(processed: list[dict]) -> float:
 
 # ---- LongVideoBench (val, video) -------------------------------------------------------------------
 def longvideobench_load(data_dir: Path) -> list[Doc]:
-    """LongVideoBench as longvideobench/LongVideoBench ships it: ``lvb_val.json`` (video_path,
-    question, option0..4 with "N/A" padding, correct_choice index, duration_group,
-    question_category, id), videos in ``videos/``."""
-    rows = _find_tables(data_dir, ["**/lvb_val.json", "**/*validation*.parquet"], "LongVideoBench validation table")
+    """LongVideoBench as longvideobench/LongVideoBench ships it: ``validation-*.parquet``, what
+    lmms-eval reads (video_path, question, option0..4 with "N/A" padding, correct_choice index,
+    duration_group, question_category, id), videos in ``videos/``. The download's ``lvb_val.json``
+    (options as a ``candidates`` list) is read only where the parquet is absent, padded the same way."""
+    rows = _find_tables(data_dir, ["**/*validation*.parquet", "**/lvb_val.json"], "LongVideoBench validation table")
+    for row in rows:
+        if "option0" not in row and isinstance(row.get("candidates"), list):
+            row.update({f"option{i}": (row["candidates"][i] if i < len(row["candidates"]) else "N/A") for i in range(5)})
     return [Doc(i, data_dir / "videos" / row["video_path"], row, "longvideobench_val_v") for i, row in enumerate(rows)]
 
 

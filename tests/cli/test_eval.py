@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import cv2
 import pandas
@@ -312,3 +313,103 @@ def test_every_benchmark_reads_its_layout_and_scores(benchmark, tiny_checkpoint,
     assert metric in report["results"][key] and report["results"][key]["missing_videos"] == 0
     samples = lines(tmp_path / "out" / f"samples_{key}.jsonl")
     assert len(samples) == 2 and all(s["input"] for s in samples)
+
+
+# ---- real layouts and lmms-eval's own files --------------------------------------------------------
+GOLDEN = json.loads((Path(__file__).parents[1] / "data" / "lmms_eval_golden.json").read_text())
+PIPELINE = GOLDEN["pipeline"]
+
+
+def test_longvideobench_reads_the_parquet_lmms_eval_reads(tmp_path):
+    """The download holds lvb_val.json (options as `candidates`) next to the parquet lmms-eval reads."""
+    from crosslmm_cli.evaluation.tasks import TASKS
+
+    row = {"id": "l0", "video_path": "v1.mp4", "question": "Q?", "option0": "x", "option1": "y", "option2": "z",
+           "option3": "N/A", "option4": "N/A", "correct_choice": 2, "duration_group": 15, "question_category": "TOS"}
+    write_table(tmp_path / "validation-00000-of-00001.parquet", [row])
+    json_row = {k: v for k, v in row.items() if not k.startswith("option")} | {"candidates": ["x", "y", "z"]}
+    write_table(tmp_path / "lvb_val.json", [json_row])
+    task = TASKS["longvideobench"]
+    (doc,) = task.load(tmp_path)
+    assert task.prompt(doc) == "Q?\nA. x\nB. y\nC. z\nAnswer with the option's letter from the given choices directly.\n"
+    (tmp_path / "validation-00000-of-00001.parquet").unlink()
+    (from_json,) = task.load(tmp_path)  # only the json: its candidates padded as the parquet pads them
+    assert task.prompt(from_json) == task.prompt(doc)
+    assert task.process(from_json, "D", "lmms-eval")["parsed_pred"] == "D" and len(
+        [k for k in from_json.data if k.startswith("option")]) == 5
+
+
+def lmms_eval_sample(doc_id: int, raw: str, scored: str, target: str) -> dict:
+    """A line as lmms-eval 0.7.3's EvaluationTracker.save_results_samples writes it: `filtered_resps`
+    flattened to a string, `resps` (the wrapper-stripped generation) only where it differs, no `doc`,
+    no `task`."""
+    line = {"doc_id": doc_id, "target": target, "filtered_resps": scored, "doc_hash": "0" * 64, "input": "..."}
+    if raw.strip() != scored:
+        line["resps"] = [raw.strip()]
+    return line
+
+
+def test_lmms_eval_samples_files_rescore_to_lmms_eval_scores(tmp_path):
+    data = tmp_path / "Video-MME"
+    rows = [{**GOLDEN["videomme_doc"], "question_id": f"q{i}", "video_id": f"{i:03d}", "url": ""}
+            for i in range(len(PIPELINE["responses"]))]
+    (data / "videomme").mkdir(parents=True)
+    pandas.DataFrame(rows).to_parquet(data / "videomme" / "test-00000-of-00001.parquet")
+    runs = tmp_path / "lmms-eval-run"
+    runs.mkdir()
+    (runs / "20261122_101500_samples_videomme.jsonl").write_text("".join(
+        json.dumps(lmms_eval_sample(i, raw, scored, "B")) + "\n"
+        for i, (raw, scored) in enumerate(zip(PIPELINE["responses"], PIPELINE["scored_text"]))))
+    for responses in (runs, runs / "20261122_101500_samples_videomme.jsonl"):  # the folder, or the file
+        result = run_eval("videomme", "--data-dir", str(data), "--responses", str(responses), "--output", str(tmp_path / "out"))
+        assert result.exit_code == 0, result.output
+        report = json.loads((tmp_path / "out" / "results.json").read_text())
+        assert report["results"]["videomme"]["videomme_perception_score,none"] == pytest.approx(
+            PIPELINE["videomme"]["aggregate"])
+
+
+def test_lmms_eval_mvbench_files_count_doc_ids_within_each_subtask(tmp_path):
+    data = tmp_path / "MVBench"
+    responses = PIPELINE["responses"]
+    for subtask in ("action_antonym", "action_count"):
+        write_table(data / "json" / f"{subtask}.json", [GOLDEN["mvbench_doc"]] * len(responses))
+    runs = tmp_path / "lmms-eval-run"
+    runs.mkdir()
+    for subtask in ("action_antonym", "action_count"):
+        (runs / f"20261122_samples_mvbench_{subtask}.jsonl").write_text("".join(
+            json.dumps(lmms_eval_sample(i, raw, scored, GOLDEN["mvbench_doc"]["answer"])) + "\n"
+            for i, (raw, scored) in enumerate(zip(responses, PIPELINE["scored_text"]))))
+    result = run_eval("mvbench", "--data-dir", str(data), "--responses", str(runs), "--output", str(tmp_path / "out"))
+    assert result.exit_code == 0, result.output
+    results = json.loads((tmp_path / "out" / "results.json").read_text())["results"]
+    for subtask in ("mvbench_action_antonym", "mvbench_action_count"):
+        assert results[subtask]["mvbench_accuracy,none"] == pytest.approx(PIPELINE["mvbench"]["aggregate"])
+
+
+def test_subtitles_as_lmms_eval_shows_them_and_on_any_container_behind_a_flag(tmp_path):
+    """lmms-eval times the subtitles on data/<id>.mp4 only: an .mkv video's question gets an empty
+    subtitle block. That is the default (score-identical); --subtitles-on-found-video shows them."""
+    import dataclasses
+    import functools
+
+    from crosslmm_cli.evaluation.tasks import TASKS, videomme_subtitle_prompt
+
+    golden = GOLDEN["subtitles"]
+    width, height = golden["video"]["size"]
+    count = golden["video"]["seconds"] * golden["video"]["fps"]
+    rows = []
+    (tmp_path / "data").mkdir()
+    for video_id, suffix in (("sub_mp4", ".mp4"), ("sub_mkv", ".mkv")):
+        write_video(tmp_path / "data" / f"{video_id}{suffix}", index_frames(count, height, width), (width, height),
+                    golden["video"]["fps"], "libx264", 10)
+        (tmp_path / "subtitle").mkdir(exist_ok=True)
+        (tmp_path / "subtitle" / f"{video_id}.srt").write_text(golden["srt"], encoding="utf-8")
+        rows.append({**GOLDEN["videomme_doc"], "videoID": video_id, "url": "", "video_id": video_id})
+    write_table(tmp_path / "videomme" / "test-00000-of-00001.parquet", rows)
+    task = TASKS["videomme_w_subtitle"]
+    mp4, mkv = task.load(tmp_path)
+    assert mkv.video.suffix == ".mkv"  # the model still watches the .mkv
+    assert task.prompt(mp4) == golden["prompts"][".mp4"]
+    assert task.prompt(mkv) == golden["prompts"][".mkv"]
+    on_found = dataclasses.replace(task, prompt=functools.partial(videomme_subtitle_prompt, timed_on_found_video=True))
+    assert on_found.prompt(mkv) == golden["prompts"][".mp4"]  # the same subtitles, now shown

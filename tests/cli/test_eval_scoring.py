@@ -100,3 +100,42 @@ def test_reported_scales_follow_lmms_eval():
     assert TASKS["videomme"].aggregate([{"pred_answer": "A", "answer": "A"}]) == 100
     assert TASKS["perceptiontest"].aggregate([{"correct": 1}]) == 1
     assert TASKS["egoschema"].aggregate([{"pred": 1, "ground_truth": 1}]) == 1
+
+
+# ---- the whole pipeline: post-processing, then scoring, then aggregation --------------------------
+PIPELINE = GOLDEN["pipeline"]
+PIPELINE_CASES = {  # benchmark: (golden doc, the (sub)task its questions belong to)
+    "videomme": ("videomme_doc", "videomme"),
+    "mvbench": ("mvbench_doc", "mvbench_action_antonym"),
+    "mlvu": ("mlvu_doc", "mlvu_dev"),
+    "longvideobench": ("lvb_doc", "longvideobench_val_v"),
+    "perceptiontest": ("perception_doc", "perceptiontest_val_mc"),
+    "nextqa": ("nextqa_doc", "nextqa_mc_test"),
+    "egoschema": ("egoschema_doc", "egoschema_subset"),
+}
+
+
+def test_post_processing_equals_lmms_eval():
+    from crosslmm_cli.evaluation.postprocess import filtered_response
+
+    tags = PIPELINE["reasoning_tags"]
+    assert [filtered_response(r, tags) for r in PIPELINE["responses"]] == PIPELINE["scored_text"]
+    assert [official_videomme_parser(r) for r in PIPELINE["scored_text"]] == PIPELINE["official_videomme_parser"]
+
+
+@pytest.mark.parametrize("benchmark", sorted(PIPELINE_CASES))
+def test_raw_generations_score_as_lmms_eval_reports_them(benchmark):
+    """Blank, white-space-wrapped and reasoning-tagged generations, one per question in document
+    order: per-sample results and the aggregate equal lmms-eval's whole pipeline."""
+    from crosslmm_cli.evaluation.runner import score
+
+    task = TASKS[benchmark]
+    doc_key, subtask = PIPELINE_CASES[benchmark]
+    docs = [Doc(i, None, GOLDEN[doc_key], subtask) for i in range(len(PIPELINE["responses"]))]
+    samples = [{"doc_id": i, "task": subtask, "doc": GOLDEN[doc_key], "resps": [[raw]], "filtered_resps": [raw]}
+               for i, raw in enumerate(PIPELINE["responses"])]
+    results, scored = score(task, docs, samples, "lmms-eval")
+    assert [s[task.metric] for s in scored] == PIPELINE[benchmark]["process_results"]
+    assert results[subtask][f"{task.metric},none"] == pytest.approx(PIPELINE[benchmark]["aggregate"], abs=1e-9)
+    assert [s["resps"] for s in scored] == [[[raw]] for raw in PIPELINE["responses"]]  # the raw text is kept
+    assert [s["filtered_resps"] for s in scored] == [[text] for text in PIPELINE["scored_text"]]

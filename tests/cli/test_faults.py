@@ -185,14 +185,15 @@ def test_every_video_missing_still_writes_results(tiny_checkpoint, tmp_path):
     assert report["results"]["jsonl"]["missing_videos"] == 2 and report["results"]["jsonl"]["samples"] == 0
 
 
-@pytest.mark.parametrize("content", ['{"doc_id": 0, "resps": "A"}\n', '[1, 2]\n', '{"answer": "A"}\n'])
+@pytest.mark.parametrize("content", ['{"doc_id": 0, "resps": 5}\n', '{"doc_id": "x", "filtered_resps": "A"}\n',
+                                     '[1, 2]\n', '{"answer": "A"}\n'])
 def test_responses_of_another_schema(tmp_path, content):
     data = jsonl_benchmark(tmp_path / "bench", [{"video": "v.mp4", "question": "q", "answer": "a"}])
     responses = tmp_path / "responses.jsonl"
     responses.write_text(content)
     result = runner.invoke(app, ["eval", "jsonl", "--data-dir", str(data), "--output", str(tmp_path / "out"),
                                  "--responses", str(responses)])
-    one_error_line(result, "--responses", "not a crosslmm samples line")
+    one_error_line(result, "--responses", "not a samples line of crosslmm or lmms-eval")
 
 
 # ---- finetune annotations --------------------------------------------------------------------------

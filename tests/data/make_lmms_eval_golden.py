@@ -1,4 +1,5 @@
-"""Record what lmms-eval's own task functions return on tricky responses (run by hand, not by CI).
+"""Record what lmms-eval's own code returns on tricky responses (run by hand, not by CI): its task
+functions, and its whole post-processing (wrapper strip, reasoning tags) before them.
 
     pip download --no-deps lmms-eval==0.7.3 -d /tmp/lmms && unzip -q /tmp/lmms/lmms_eval-0.7.3-*.whl -d /tmp/lmms/src
     python tests/data/make_lmms_eval_golden.py /tmp/lmms/src
@@ -29,6 +30,15 @@ RESPONSES = [
     "A. Opens the fridge\nB. Closes the door", "c", "(C) The cat", "answer: (b)",
 ]
 
+# the whole pipeline: what lmms-eval does to a generation before scoring it (wrapper strip, reasoning tags)
+PIPELINE_RESPONSES = [
+    "", "   ", "\nC\n", "B\n", "D\r\n", "  A  ", "\n\n(B)\n", "<think>It could be A.</think>B",
+    "<think>maybe C</think>\nThe answer is D.", "Let me think. A seems wrong.</think>C", "<analysis>B or C</analysis> C",
+    "<think>unclosed, A", "<THINK>A</THINK>B", "</think>", "<think>only thinking about A</think>", "\t a.",
+    "<think>A</think><think>B</think>C", "The answer is\n\nD", "<analysis>x</analysis><think>y</think>\n B \n",
+]
+DEFAULT_REASONING_TAGS = [["<think>", "</think>"], ["<analysis>", "</analysis>"]]  # lmms-eval's CLI default
+
 VIDEOMME_DOC = {"question_id": "001-1", "duration": "short", "domain": "Knowledge", "sub_category": "Humanity & History",
                 "task_type": "Counting Problem", "videoID": "vid001", "question": "How many?",
                 "options": ["A. one", "B. two", "C. three", "D. four"], "answer": "B"}
@@ -57,6 +67,8 @@ def stub_harness() -> None:
     sys.modules["loguru"] = loguru
     sys.modules["datasets"] = types.ModuleType("datasets")
     sys.modules["datasets"].Dataset = object
+    if importlib.util.find_spec("decord") is None:  # imported by the LongVideoBench utils for frame loading only
+        sys.modules["decord"] = types.SimpleNamespace(VideoReader=None, cpu=None)
 
 
 def load(name: str, path: Path):
@@ -125,7 +137,76 @@ def main(source: Path) -> None:
     golden["mvbench_aggregate"] = mvbench.mvbench_aggregate_results(
         [p["mvbench_accuracy"] for p in golden["mvbench_process_results"]]
     )
+    golden["pipeline"] = pipeline(source, videomme, mmworld, mvbench, mlvu, longvideobench, perception, nextqa, egoschema)
+    golden["subtitles"] = subtitles(videomme)
     (HERE / "lmms_eval_golden.json").write_text(json.dumps(golden, indent=1, ensure_ascii=False) + "\n")
+
+
+SUBTITLES = """1
+00:00:00,000 --> 00:00:03,000
+<font color="white" size=".72c">The first line.</font>
+
+2
+00:00:03,000 --> 00:00:06,500
+<font color="white" size=".72c">The second line.</font>
+
+3
+00:00:07,000 --> 00:00:10,000
+<font color="white" size=".72c">The third line.</font>
+"""
+SUBTITLE_VIDEO = {"seconds": 10, "fps": 10, "size": [64, 48]}  # tests/cli/test_eval.py writes the same videos
+
+
+def subtitles(videomme) -> dict:
+    """videomme_doc_to_text_subtitle (default kwargs) for an .mp4 and an .mkv video with the same
+    subtitles, in lmms-eval's cache layout (``$HF_HOME/videomme/{data,subtitle}``)."""
+    from crosslmm_cli.synthetic_video import index_frames, write_video
+
+    root = Path(videomme.base_cache_dir) / videomme.cache_name
+    (root / "data").mkdir(parents=True, exist_ok=True)
+    (root / "subtitle").mkdir(parents=True, exist_ok=True)
+    width, height = SUBTITLE_VIDEO["size"]
+    count = SUBTITLE_VIDEO["seconds"] * SUBTITLE_VIDEO["fps"]
+    prompts = {}
+    for video_id, suffix in (("sub_mp4", ".mp4"), ("sub_mkv", ".mkv")):
+        write_video(root / "data" / f"{video_id}{suffix}", index_frames(count, height, width), (width, height),
+                    SUBTITLE_VIDEO["fps"], "libx264", 10)
+        (root / "subtitle" / f"{video_id}.srt").write_text(SUBTITLES, encoding="utf-8")
+        doc = {**VIDEOMME_DOC, "videoID": video_id}
+        prompts[suffix] = videomme.videomme_doc_to_text_subtitle(doc, {"frame_num": 32, "pre_prompt": "",
+                                                                       "post_prompt": ""})
+    return {"srt": SUBTITLES, "video": SUBTITLE_VIDEO, "prompts": prompts}
+
+
+def pipeline(source: Path, videomme, mmworld, mvbench, mlvu, longvideobench, perception, nextqa, egoschema) -> dict:
+    """Per benchmark: the scored text, the per-sample results and the aggregate lmms-eval reports for
+    PIPELINE_RESPONSES answered to one question each, in document order (random.seed(0) first, as
+    lmms-eval seeds): its model wrappers strip the generation, its evaluator cuts reasoning blocks."""
+    reasoning = load("lmms_eval_api_reasoning", source / "lmms_eval" / "api" / "reasoning.py")
+    scored = [reasoning.strip_reasoning_tags(r.strip(), DEFAULT_REASONING_TAGS) for r in PIPELINE_RESPONSES]
+    benchmarks = {
+        "videomme": (VIDEOMME_DOC, lambda d, r: videomme.videomme_process_results(d, [r])["videomme_perception_score"],
+                     videomme.videomme_aggregate_results),
+        "mvbench": (MVBENCH_DOC, lambda d, r: mvbench.mvbench_process_results(d, [r])["mvbench_accuracy"],
+                    mvbench.mvbench_aggregate_results),
+        "mlvu": (MLVU_DOC, lambda d, r: mlvu.mlvu_process_results(d, [r])["mlvu_percetion_score"],
+                 mlvu.mlvu_aggregate_results_dev),
+        "longvideobench": (LVB_DOC, lambda d, r: longvideobench.longvideobench_process_results(d, [r])["lvb_acc"],
+                           longvideobench.longvideobench_aggregate_results),
+        "perceptiontest": (PERCEPTION_DOC, lambda d, r: perception.perceptiontest_val_process_results_mc(d, [r])["accuracy"],
+                           lambda results: perception.perceptiontest_val_aggregate_accuracy(results, None)),
+        "nextqa": (NEXTQA_DOC, lambda d, r: {"exact_match": bool(nextqa.nextqa_mc_process_results(d, [r])["exact_match"])},
+                   lambda results: sum(p["exact_match"] for p in results) / len(results)),  # its yaml: mean
+        "egoschema": (EGOSCHEMA_DOC, lambda d, r: egoschema.egoschema_process_results_generation(d, [r])["score"],
+                      lambda results: egoschema.egoschema_aggregate_score(results, None)),
+    }
+    result = {"responses": PIPELINE_RESPONSES, "reasoning_tags": DEFAULT_REASONING_TAGS, "scored_text": scored,
+              "official_videomme_parser": [mmworld.extract_characters_regex(r) for r in scored]}
+    for name, (doc, process, aggregate) in benchmarks.items():
+        random.seed(0)
+        per_sample = [process(doc, r) for r in scored]
+        result[name] = {"process_results": per_sample, "aggregate": aggregate(per_sample)}
+    return result
 
 
 if __name__ == "__main__":
