@@ -9,6 +9,7 @@ process writes.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import datetime
 import functools
@@ -23,6 +24,7 @@ from pathlib import Path
 import torch
 
 from ..errors import UserError
+from . import results_file
 from .postprocess import DEFAULT_REASONING_TAGS, filtered_response
 from .tasks import LMMS_EVAL_VERSION, TASKS, Doc, Task, videomme_subtitle_prompt
 
@@ -162,6 +164,7 @@ def sample_record(task: Task, doc: Doc, prompt: str, response: str, settings: Ev
         "task": task_of(task, doc),
         "doc": doc.data,
         "target": task.target(doc),
+        "doc_hash": results_file.doc_hash(),
         "input": prompt,
         "resps": [[response]],
         "filtered_resps": [filtered],
@@ -237,25 +240,27 @@ def score(task: Task, docs: list[Doc], samples: list[dict], parser: str,
             raise UserError(f"the samples name doc_id {sample['doc_id']}, which the benchmark folder does not have")
         raw = raw_response(sample) or ""
         response = filtered_response(raw, reasoning_tags)
-        scored.append({**sample, "resps": [[raw]], "filtered_resps": [response],
+        scored.append({**sample, "resps": [[raw]], "filtered_resps": [response], "doc_hash": results_file.doc_hash(),
                        task.metric: task.process(doc, response, parser, rng)})
     results = {}
     names = task.subtasks or [task.name]
     for name in names:
         members = [s[task.metric] for s in scored if s["task"] == name or not task.subtasks]
         if members:
-            results[name] = {"alias": name, f"{task.metric},none": task.aggregate(members), "samples": len(members)}
+            alias = f" - {name}" if task.subtasks else name  # lmms-eval indents a group's members
+            results[name] = {"alias": alias, f"{task.metric},none": task.aggregate(members),
+                             **results_file.stderr_entries(task, members), "samples": len(members)}
     if task.subtasks or task.name not in results:  # a group's mean; or no answered question at all
         values = [r[f"{task.metric},none"] for r in results.values()]
         results[task.name] = {"alias": task.name, f"{task.metric},none": statistics.fmean(values) if values else 0.0,
-                              "samples": len(scored)}
+                              **({} if task.subtasks else results_file.stderr_entries(task, [])), "samples": len(scored)}
     results[task.name]["breakdown"] = task.breakdown([s[task.metric] for s in scored])
     results[task.name]["missing_videos"] = len(missing)
     return results, sorted(scored + missing, key=lambda s: s["doc_id"])
 
 
 def write_results(settings: EvalSettings, task: Task, results: dict, samples: list[dict], efficiency: dict,
-                  total_docs: int) -> dict:
+                  docs_per_task: dict[str, int]) -> dict:
     settings.output.mkdir(parents=True, exist_ok=True)
     path = samples_path(settings.output, task.name)
     tmp = path.with_suffix(".jsonl.tmp")
@@ -267,10 +272,10 @@ def write_results(settings: EvalSettings, task: Task, results: dict, samples: li
                                 "generation_kwargs": {"max_new_tokens": settings.max_new_tokens or task.max_new_tokens,
                                                       "temperature": 0,
                                                       "do_sample": False}}},
-        "versions": {task.name: LMMS_EVAL_VERSION},
-        "n-samples": {task.name: {"original": total_docs, "effective": len(samples)}},
+        **results_file.sections(task, docs_per_task, collections.Counter(s["task"] for s in samples)),
         "config": {"model": settings.model, "frames": settings.frames, "tokens_per_frame": settings.tokens_per_frame,
                    "limit": settings.limit, "scored_like": f"lmms-eval {LMMS_EVAL_VERSION}"},
+        "lmms_eval_version": LMMS_EVAL_VERSION,
         "efficiency": efficiency,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
@@ -286,8 +291,6 @@ def load_docs(task: Task, settings: EvalSettings) -> list[Doc]:
     except (KeyError, TypeError, ValueError, AttributeError, IndexError) as error:
         raise UserError(f"{settings.data_dir}: the {task.name} files are not in the layout crosslmm reads "
                         f"({type(error).__name__}: {error}); check them against the README's table") from None
-    if settings.limit is not None:
-        docs = docs[: settings.limit]
     for doc in docs:
         try:
             task.prompt(doc), task.target(doc), task.process(doc, "A", settings.parser, random.Random(0))
@@ -342,7 +345,8 @@ def evaluate(settings: EvalSettings, progress: Callable[[int], Callable[[], None
     task = TASKS[settings.task]
     if settings.subtitles_on_found_video and task.name == "videomme_w_subtitle":
         task = dataclasses.replace(task, prompt=functools.partial(videomme_subtitle_prompt, timed_on_found_video=True))
-    docs = load_docs(task, settings)
+    all_docs = load_docs(task, settings)
+    docs = all_docs[: settings.limit] if settings.limit is not None else all_docs
     settings.output.mkdir(parents=True, exist_ok=True)
     efficiency: dict = {}
     if settings.responses is not None:
@@ -367,7 +371,7 @@ def evaluate(settings: EvalSettings, progress: Callable[[int], Callable[[], None
             return None
         samples = list({s["doc_id"]: s for path in files for s in read_samples(path)}.values())
     results, scored = score(task, docs, samples, settings.parser, settings.reasoning_tags)
-    report = write_results(settings, task, results, scored, efficiency, len(docs))
+    report = write_results(settings, task, results, scored, efficiency, collections.Counter(task_of(task, d) for d in all_docs))
     if world > 1:
         for other in range(world):
             samples_path(settings.output, task.name, other).unlink(missing_ok=True)

@@ -42,6 +42,11 @@ class Task:
     max_new_tokens: int = 16  # the task's generation_kwargs; lmms-eval's LLaVA models default to 1024
     subtasks: list[str] = field(default_factory=list)  # lmms-eval group members, if a group
     parsers: tuple[str, ...] = ("lmms-eval",)
+    # for lmms-eval's standard errors: the item its aggregation sees in our per-sample value, whether
+    # that aggregation is its plain `mean` (which has a standard error), the clustered SE's key
+    item: Callable[[dict], object] = lambda processed: processed
+    mean_aggregation: bool = False
+    cluster_key: str | None = None
 
 
 def _read_table(path: Path) -> list[dict]:
@@ -577,7 +582,7 @@ def egoschema_aggregate(processed: list[dict]) -> float:
 TASKS: dict[str, Task] = {
     "videomme": Task("videomme", "videomme_perception_score", videomme_load, videomme_prompt,
                      lambda doc: doc.data["answer"], videomme_process, videomme_aggregate, videomme_breakdown,
-                     parsers=("lmms-eval", "official")),
+                     parsers=("lmms-eval", "official"), cluster_key="videoID"),
     "videomme_w_subtitle": Task("videomme_w_subtitle", "videomme_perception_score", videomme_load,
                                 videomme_subtitle_prompt, lambda doc: doc.data["answer"], videomme_process,
                                 videomme_aggregate, videomme_breakdown, parsers=("lmms-eval", "official")),
@@ -592,7 +597,8 @@ TASKS: dict[str, Task] = {
                            lambda doc: str(doc.data["answer_id"]), perceptiontest_process,
                            lambda processed: _fraction(processed, "correct"), max_new_tokens=1024),
     "nextqa": Task("nextqa_mc_test", "exact_match", nextqa_load, nextqa_prompt, lambda doc: str(doc.data["answer"]),
-                   nextqa_process, nextqa_aggregate, max_new_tokens=1024),
+                   nextqa_process, nextqa_aggregate, max_new_tokens=1024,
+                   item=lambda processed: processed["exact_match"], mean_aggregation=True),
     "egoschema": Task("egoschema_subset", "score", egoschema_load, egoschema_prompt, lambda doc: str(doc.data["answer"]),
                       egoschema_process, egoschema_aggregate),
     "jsonl": Task("jsonl", "accuracy", jsonl_load, jsonl_prompt, jsonl_target, jsonl_process, jsonl_aggregate,
