@@ -1,10 +1,10 @@
 """Decode the frames at given positions of a :class:`FrameIndex` with PyAV.
 
 Frames are matched by presentation timestamp. For each wanted frame (in time order) the decoder
-either goes on from where it is or seeks to the keyframe before the frame, whichever costs less
-(a seek counted as SEEK_COST_FRAMES decoded frames), so sparse samples seek and dense ones stream; keyframe mode always seeks, straight to
-the keyframe it wants. Only wanted frames are converted to RGB (and scaled, by swscale's area
-filter, in the same step).
+either goes on from where it is or seeks to the keyframe before the frame, whichever costs less (a
+seek counted as SEEK_COST_FRAMES decoded frames), so sparse samples seek and dense ones stream;
+keyframe mode always seeks, straight to the keyframe it wants. Only wanted frames are converted to
+RGB (and scaled, by swscale's area filter, in the same step).
 """
 
 from __future__ import annotations
@@ -17,8 +17,9 @@ import av
 import numpy as np
 
 from ..errors import UserError
+from .container import decoded_frames, open_video
 from .frame_index import FrameIndex
-from .probe import VideoInfo, open_video
+from .probe import VideoInfo
 
 # Seeks that may land after the wanted frame (a demuxer without an index seeks by guesswork) are
 # retried from this much earlier, doubling each time, before decoding from the start.
@@ -27,18 +28,6 @@ RESEEK_SECONDS = (1.0, 4.0, 16.0)
 SEEK_COST_FRAMES = 16
 # decoders run side by side, one per core the process may use
 DECODE_WORKERS = min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
-
-
-def decoded_frames(container, stream) -> Iterator[av.VideoFrame]:
-    """Every frame decoded from the container's current position on; a packet the decoder rejects
-    (damaged data) is skipped, and the frames it would have given are simply missing."""
-    for packet in container.demux(stream):
-        try:
-            for frame in packet.decode():
-                if frame.pts is not None:
-                    yield frame
-        except av.error.InvalidDataError:
-            continue
 
 
 class _Cursor:

@@ -81,7 +81,7 @@ class FrameIndex:
         return position - int(np.searchsorted(self.pts, self.pts[position], side="left")) + 1
 
 
-def index_frames(path: str, container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> FrameIndex | None:
+def build_index(path: str, container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> FrameIndex | None:
     """The frame index of ``stream``, by the sample tables or a packet scan; None when no packet
     carries a timestamp."""
     track = mp4_index.read_track(path)

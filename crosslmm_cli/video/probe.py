@@ -10,7 +10,8 @@ from pathlib import Path
 import av
 
 from ..errors import UserError
-from .frame_index import FrameIndex, index_frames
+from .container import decoded_frames, open_video
+from .frame_index import FrameIndex, build_index
 
 
 @dataclass
@@ -58,19 +59,6 @@ def check_path(path: str | Path) -> Path:
     return path
 
 
-def open_video(path: str | Path) -> tuple[av.container.InputContainer, av.video.stream.VideoStream]:
-    """The container and its first video stream; :class:`UserError` when there is none."""
-    try:
-        container = av.open(str(path), metadata_errors="ignore")
-    except av.FFmpegError:
-        raise UserError(f"{path} is not a readable video (corrupt, truncated, or not a video file)") from None
-    if not container.streams.video:
-        kind = "audio only?" if container.streams.audio else "no streams FFmpeg can read"
-        container.close()
-        raise UserError(f"{path} has no video stream ({kind}); give a file with video")
-    return container, container.streams.video[0]
-
-
 def probe(path: str | Path) -> VideoInfo:
     """Validate ``path``, index every frame of its first video stream and decode the first one;
     :class:`UserError` when it is not a readable video (missing, empty, not a video, truncated past
@@ -80,7 +68,7 @@ def probe(path: str | Path) -> VideoInfo:
     with container:
         codec = stream.codec_context.name
         try:
-            index = index_frames(str(path), container, stream)
+            index = build_index(str(path), container, stream)
         except av.FFmpegError:
             index = None
     if index is None:
@@ -104,8 +92,6 @@ def probe(path: str | Path) -> VideoInfo:
 
 def first_frame(path: str | Path) -> av.VideoFrame | None:
     """The first frame the decoder gives (it says the displayed size and rotation), or None."""
-    from .decode import decoded_frames
-
     container, stream = open_video(path)
     with container:
         return next(decoded_frames(container, stream), None)

@@ -107,33 +107,6 @@ def test_videomme_end_to_end(videomme_dir, tiny_checkpoint, tmp_path, monkeypatc
     assert "missing videos" in result.output
 
 
-def test_interrupted_run_resumes_without_losing_or_repeating(videomme_dir, tiny_checkpoint, tmp_path, monkeypatch):
-    from crosslmm_cli.ask import VideoChat
-
-    real_ask, calls = VideoChat.ask_alone, []
-
-    def flaky(self, question):
-        calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return real_ask(self, question)
-
-    monkeypatch.setattr(VideoChat, "ask_alone", flaky)
-    interrupted = run_eval("videomme", "--data-dir", str(videomme_dir), *common(tiny_checkpoint, tmp_path))
-    assert interrupted.exit_code == 130
-    first = lines(tmp_path / "samples_videomme.jsonl")
-    assert [s["doc_id"] for s in first] == [0, 1]
-    monkeypatch.setattr(VideoChat, "ask_alone", real_ask)
-    resumed = run_eval("videomme", "--data-dir", str(videomme_dir), *common(tiny_checkpoint, tmp_path))
-    assert resumed.exit_code == 0, resumed.output
-    final = lines(tmp_path / "samples_videomme.jsonl")
-    assert [s["doc_id"] for s in final] == list(range(9))
-    assert final[:2] == first
-    fresh = tmp_path / "fresh"
-    assert run_eval("videomme", "--data-dir", str(videomme_dir), *common(tiny_checkpoint, fresh)).exit_code == 0
-    assert lines(fresh / "samples_videomme.jsonl") == final
-
-
 def interrupt_after_two_answers(monkeypatch, videomme_dir, tiny_checkpoint, output):
     from crosslmm_cli.ask import VideoChat
 
@@ -147,7 +120,21 @@ def interrupt_after_two_answers(monkeypatch, videomme_dir, tiny_checkpoint, outp
 
     monkeypatch.setattr(VideoChat, "ask_alone", flaky)
     assert run_eval("videomme", "--data-dir", str(videomme_dir), *common(tiny_checkpoint, output)).exit_code == 130
-    monkeypatch.setattr(VideoChat, "ask_alone", real_ask)
+    monkeypatch.setattr(VideoChat, "ask_alone", real_ask)  # the run stopped after two answers
+
+
+def test_interrupted_run_resumes_without_losing_or_repeating(videomme_dir, tiny_checkpoint, tmp_path, monkeypatch):
+    interrupt_after_two_answers(monkeypatch, videomme_dir, tiny_checkpoint, tmp_path)
+    first = lines(tmp_path / "samples_videomme.jsonl")
+    assert [s["doc_id"] for s in first] == [0, 1]
+    resumed = run_eval("videomme", "--data-dir", str(videomme_dir), *common(tiny_checkpoint, tmp_path))
+    assert resumed.exit_code == 0, resumed.output
+    final = lines(tmp_path / "samples_videomme.jsonl")
+    assert [s["doc_id"] for s in final] == list(range(9))
+    assert final[:2] == first
+    fresh = tmp_path / "fresh"
+    assert run_eval("videomme", "--data-dir", str(videomme_dir), *common(tiny_checkpoint, fresh)).exit_code == 0
+    assert lines(fresh / "samples_videomme.jsonl") == final
 
 
 def test_a_half_written_sample_line_is_recovered(videomme_dir, tiny_checkpoint, tmp_path, monkeypatch):
