@@ -89,6 +89,8 @@ def init(
     tokens_per_frame: Annotated[Optional[int], typer.Option(help="pooled tokens per frame (1, 4, 9, 16, ...)")] = None,
     dtype: Annotated[str, typer.Option(help="weights dtype: bf16 | fp16 | fp32 (random presets default to fp32)")] = "",
     force: Annotated[bool, typer.Option(help="write into a non-empty directory")] = False,
+    random: Annotated[bool, typer.Option(help="random weights of the preset's architecture, no download "
+                                               "(benchmarks and smoke runs; the answers are noise)")] = False,
 ) -> None:
     """Build a checkpoint from a preset and save it as a local Hugging Face directory
     (config.json, model.safetensors, tokenizer files) that `--model OUTDIR` loads."""
@@ -102,7 +104,7 @@ def init(
     quiet_libraries()
     options = {} if tokens_per_frame is None else {"tokens_per_frame": tokens_per_frame}
     with stderr.status(f"building {preset}"):
-        create_checkpoint(preset, outdir, dtype=DTYPES[dtype] if dtype else None, **options)
+        create_checkpoint(preset, outdir, dtype=DTYPES[dtype] if dtype else None, random_weights=random, **options)
     stderr.print(f"[green]saved[/] {preset} to {outdir}; use it with --model {outdir}")
 
 

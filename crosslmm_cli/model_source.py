@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from models import PRESETS, CrossLMMConfig, build_preset, load_checkpoint, save_checkpoint
+from models import PRESETS, CrossLMMConfig, build_preset, build_random_preset, load_checkpoint, save_checkpoint
 
 from .checkpoint_files import check_checkpoint
 from .errors import UserError
@@ -58,17 +58,25 @@ def check_hub_reachable(what: str) -> None:
         ) from None
 
 
-def create_checkpoint(preset: str, outdir: Path, dtype: torch.dtype | None = None, **options) -> None:
-    """Build ``preset`` (downloading its parts unless it has random weights) and save it to
-    ``outdir``; ``dtype`` defaults to float32 for random presets and bfloat16 for the others."""
+def create_checkpoint(preset: str, outdir: Path, dtype: torch.dtype | None = None, random_weights: bool = False,
+                      **options) -> None:
+    """Build ``preset`` (downloading its parts unless it has random weights, or ``random_weights``
+    asks for random weights of its architecture and the offline byte-level tokenizer) and save it to
+    ``outdir`` in ``dtype``: by default float32 for random weights and bfloat16 for the others."""
     if preset not in PRESETS:
         raise UserError(f"unknown preset {preset!r}; run `crosslmm models` to list the presets")
+    random_weights = random_weights or PRESETS[preset].source == "random"
     if dtype is None:
-        dtype = torch.float32 if PRESETS[preset].source == "random" else torch.bfloat16
-    if PRESETS[preset].source != "random":
+        dtype = torch.float32 if random_weights else torch.bfloat16
+    if not random_weights:
         check_hub_reachable(f"the parts of {preset}")
     try:
-        model, processor = build_preset(preset, dtype=dtype, **options)
+        if random_weights:
+            model, processor = build_random_preset(preset, **options)
+            model.to(dtype)
+            model.config.needs_training = False  # answers are noise, by choice: for benchmarks and smoke runs
+        else:
+            model, processor = build_preset(preset, dtype=dtype, **options)
     except OSError as error:  # huggingface_hub raises OSError subclasses when it cannot fetch
         raise UserError(
             f"could not fetch the parts of {preset} from the Hugging Face hub ({type(error).__name__}); "

@@ -1,4 +1,4 @@
-"""Shared fixtures: tiny random models built from configs."""
+"""Shared fixtures: tiny random models built from configs, and the devices tests run on."""
 
 from __future__ import annotations
 
@@ -22,3 +22,13 @@ def tiny_open():
     model, processor = build_tiny(seed=0)
     open_gates(model, 0.7)
     return model, processor
+
+
+# Tests that exercise a device take it from this fixture: the CPU always, CUDA where there is one.
+# The GPU suite (benchmarks/gpu_suite.py) selects the CUDA cases with `-k on-cuda`.
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.fixture(params=DEVICES, ids=lambda device: f"on-{device}")
+def device(request) -> str:
+    return request.param

@@ -20,11 +20,12 @@ def ask(*args: str, input: str | None = None):
     return runner.invoke(app, ["ask", *args], input=input)
 
 
-def test_ask_answers(videos, tiny_checkpoint):
+def test_ask_answers(videos, tiny_checkpoint, device):
     result = ask(str(videos["mp4"]), "What is shown?", "--model", str(tiny_checkpoint), "--max-new-tokens", "8",
-                 "--frames", "4")
+                 "--frames", "4", "--device", device, "--quantize", "none", "--json")
     assert result.exit_code == 0, result.output
-    assert result.stdout.endswith("\n") and len(result.stdout.strip()) > 0
+    report = json.loads(result.stdout)
+    assert report["device"].startswith(device) and len(report["answer"]) > 0
 
 
 def test_streamed_and_unstreamed_answers_agree(videos, tiny_checkpoint):
@@ -88,12 +89,13 @@ def test_chat_keeps_the_conversation(videos, tiny_checkpoint):
     assert "Be brief." in prompt
 
 
-def test_quantised_on_cpu_works(videos, tiny_checkpoint):
-    # bitsandbytes' NF4 kernels run on the CPU (measured), so --quantize nf4 is allowed there
+def test_quantised_generation_works(videos, tiny_checkpoint, device):
+    # bitsandbytes' NF4 kernels run on the CPU too (measured), so --quantize nf4 is allowed there
     result = ask(str(videos["mp4"]), "What?", "--model", str(tiny_checkpoint), "--max-new-tokens", "3",
-                 "--quantize", "nf4", "--json", "--frames", "2")
+                 "--quantize", "nf4", "--json", "--frames", "2", "--device", device)
     assert result.exit_code == 0, result.output
-    assert json.loads(result.stdout)["quantize"] == "nf4"
+    report = json.loads(result.stdout)
+    assert report["quantize"] == "nf4" and report["device"].startswith(device)
 
 
 @pytest.mark.parametrize("kind,message", BAD_VIDEOS)

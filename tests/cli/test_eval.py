@@ -77,7 +77,7 @@ def lines(path):
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-def test_videomme_end_to_end(videomme_dir, tiny_checkpoint, tmp_path, monkeypatch):
+def test_videomme_end_to_end(videomme_dir, tiny_checkpoint, tmp_path, monkeypatch, device):
     from crosslmm_cli import video
     from models import CrossLMMForConditionalGeneration
 
@@ -86,7 +86,7 @@ def test_videomme_end_to_end(videomme_dir, tiny_checkpoint, tmp_path, monkeypatc
     monkeypatch.setattr(video, "read_frames", lambda *a, **k: decodes.append(1) or real_read(*a, **k))
     monkeypatch.setattr(CrossLMMForConditionalGeneration, "encode_frames",
                         lambda self, *a, **k: encodes.append(1) or real_encode(self, *a, **k))
-    result = run_eval("videomme", "--data-dir", str(videomme_dir), *common(tiny_checkpoint, tmp_path))
+    result = run_eval("videomme", "--data-dir", str(videomme_dir), *common(tiny_checkpoint, tmp_path), "--device", device)
     assert result.exit_code == 0, result.output
     assert len(decodes) == 3 and len(encodes) == 2  # three questions per video share one decode and one encode
     report = json.loads((tmp_path / "results.json").read_text())

@@ -58,10 +58,10 @@ def changed(before: dict, after: dict) -> set[str]:
     return {name for name in before if not torch.equal(before[name], after[name])}
 
 
-def test_a_few_steps_reduce_the_loss_and_the_output_answers(folder, tiny_checkpoint, tmp_path, videos):
-    out = tmp_path / "out"
+def test_a_few_steps_reduce_the_loss_and_the_output_answers(folder, tiny_checkpoint, tmp_path, videos, device):
+    out = tmp_path / "out"  # on CUDA under bf16 autocast
     result = train(folder, out, "--model", str(tiny_checkpoint), "--full", "--max-steps", "24", "--lr", "2e-3",
-                   "--batch-size", "2")
+                   "--batch-size", "2", "--device", device)
     assert result.exit_code == 0, result.output
     rows = metrics(out)
     assert [r["step"] for r in rows] == list(range(1, 25))
@@ -250,9 +250,10 @@ def test_two_gloo_processes_train_and_write_one_checkpoint(folder, tiny_checkpoi
     load_model(out)
 
 
-def test_qlora_on_a_4bit_base_saves_merged_full_precision_weights(folder, tiny_checkpoint, tmp_path):
+def test_qlora_on_a_4bit_base_saves_merged_full_precision_weights(folder, tiny_checkpoint, tmp_path, device):
     out = tmp_path / "qlora"
-    result = train(folder, out, "--model", str(tiny_checkpoint), "--quantize", "nf4", "--max-steps", "2", "--lr", "1e-2")
+    result = train(folder, out, "--model", str(tiny_checkpoint), "--quantize", "nf4", "--max-steps", "2", "--lr", "1e-2",
+                   "--device", device)
     assert result.exit_code == 0, result.output
     config = json.loads((out / "config.json").read_text())
     assert "quantization_config" not in config  # merged into full precision, loadable with or without 4-bit

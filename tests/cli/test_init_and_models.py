@@ -53,3 +53,14 @@ def test_models_lists_presets_with_counts():
     assert cells[-2] == "42.7 M"  # Stage I trainable, paper Table 3: 43 M
     for name in ("tiny", "crosslmm-ov-0.5b", "crosslmm-ov-7b", "crosslmm-7b"):
         assert name in result.output
+
+
+def test_init_writes_the_dtype_asked_for(tmp_path):
+    from crosslmm_cli.checkpoint_files import safetensors_header
+
+    for dtype, stored in (("bf16", "BF16"), ("fp32", "F32")):
+        out = tmp_path / dtype
+        result = runner.invoke(app, ["init", "tiny", str(out), "--random", "--dtype", dtype])
+        assert result.exit_code == 0, result.output
+        header = safetensors_header(out / "model.safetensors")  # read without crosslmm's loader
+        assert {entry["dtype"] for entry in header.values()} == {stored}

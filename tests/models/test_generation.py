@@ -28,11 +28,12 @@ def recompute_greedy(model, batch, steps: int) -> list[int]:
     "text,frames,scope",
     [("What happens?", 1, "frame"), ("Describe the video in detail.", 4, "frame"), ("Who?", 7, "video")],
 )
-def test_cached_generation_equals_recompute(tiny_open, text, frames, scope):
+def test_cached_generation_equals_recompute(tiny_open, text, frames, scope, device):
     model, processor = tiny_open
+    model.to(device)
     for layer in model.cross_attention_layers():
         layer.cross_attn.v2v_scope = scope
-    batch = processor(question(text), [random_video(frames, seed=frames)])
+    batch = {k: v.to(device) for k, v in processor(question(text), [random_video(frames, seed=frames)]).items()}
     memory = model.encode_video(batch["pixel_values_videos"], batch["num_frames"])
     steps = 10
     cached = [
