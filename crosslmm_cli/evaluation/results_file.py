@@ -16,7 +16,7 @@ import numpy as np
 
 from .tasks import Task
 
-# every lmms-eval task built from a YAML config reports this version; groups report "N/A"
+# every lmms-eval task built from a YAML config reports this version
 TASK_VERSION = "Yaml"
 SCORE_KEY = "score"  # lmms-eval's default score_key for the CLT standard errors
 
@@ -70,19 +70,19 @@ def stderr_entries(task: Task, processed: list) -> dict:
 
 
 def sections(task: Task, docs_per_task: dict[str, int], samples_per_task: dict[str, int]) -> dict:
-    """``group_subtasks``, ``versions``, ``n-shot``, ``higher_is_better`` and ``n-samples``."""
-    members = task.subtasks or [task.name]
-    group_subtasks = {name: [] for name in members}
-    versions = {name: TASK_VERSION for name in members}
+    """``group_subtasks``, ``versions``, ``n-shot``, ``higher_is_better`` and ``n-samples`` as lmms-eval
+    writes them: a group lists the members that ran (here: that have questions in the data folder)
+    and has a ``higher_is_better`` entry of its own, no version, n-shot or sample count."""
     if task.subtasks:
-        group_subtasks = {task.name: list(task.subtasks), **group_subtasks}
-        versions[task.name] = "N/A"
-    names = sorted(versions)
+        members = [name for name in task.subtasks if docs_per_task.get(name)]
+        group_subtasks = {task.name: members}
+    else:
+        members, group_subtasks = [task.name], {task.name: []}
     return {
         "group_subtasks": group_subtasks,
-        "versions": {name: versions[name] for name in names},
+        "versions": {name: TASK_VERSION for name in sorted(members)},
         "n-shot": {name: 0 for name in sorted(members)},
-        "higher_is_better": {name: {task.metric: True} for name in names},
+        "higher_is_better": {name: {task.metric: True} for name in sorted(set(group_subtasks) | set(members))},
         "n-samples": {name: {"original": docs_per_task.get(name, 0), "effective": samples_per_task.get(name, 0)}
                       for name in members},
     }

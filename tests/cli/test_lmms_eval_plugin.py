@@ -117,3 +117,60 @@ def test_standard_errors_equal_lmms_eval_on_mixed_answers(videomme_cache, tmp_pa
     their_entry = theirs["results"]["videomme_local"]
     assert all(isinstance(their_entry[k], float) and their_entry[k] > 0 for k in their_entry if "stderr_c" in k)
     same_entries(ours["results"]["videomme"], their_entry)
+
+
+MVBENCH_SUBTASKS = ("action_antonym", "action_count")
+
+
+def local_mvbench(folder: Path, data: Path) -> None:
+    """lmms-eval's own MVBench template and subtask configs as a two-member group reading local json;
+    names get a `_local` infix so they do not clash with lmms-eval's registered mvbench tasks."""
+    source = Path(lmms_eval.__file__).parent / "tasks" / "mvbench"
+    template = (source / "_default_template_yaml").read_text()
+    head, rest = template.split("generation_kwargs:", 1)
+    assert head.startswith("dataset_path: OpenGVLab/MVBench")
+    folder.mkdir()
+    for subtask in MVBENCH_SUBTASKS:
+        own = (source / f"mvbench_{subtask}.yaml").read_text()
+        own = "\n".join(line for line in own.splitlines() if not line.startswith(("include:", "dataset_name:", "task:")))
+        (folder / f"mvbench_local_{subtask}.yaml").write_text(
+            f"dataset_path: json\ndataset_kwargs:\n  data_files:\n    train: {data / 'json' / f'{subtask}.json'}\n"
+            f"task: mvbench_local_{subtask}\ngeneration_kwargs:{rest}\n{own}\n")
+    (folder / "mvbench_local.yaml").write_text("group: mvbench_local\ntask:\n" + "".join(
+        f"  - mvbench_local_{subtask}\n" for subtask in MVBENCH_SUBTASKS))
+    (folder / "utils.py").write_text("from lmms_eval.tasks.mvbench.utils import *  # noqa: F401,F403\n")
+
+
+def test_a_group_is_written_as_lmms_eval_writes_it(tmp_path):
+    """MVBench through lmms-eval (its dummy model answering "A"), re-scored by crosslmm from the
+    samples files lmms-eval wrote: subtask entries, aliases, group listing, versions and counts."""
+    data = tmp_path / "MVBench"
+    (data / "json").mkdir(parents=True)
+    for subtask in MVBENCH_SUBTASKS:
+        rows = [{"video": f"{subtask}_{i}.mp4", "question": f"What happens {i}?",
+                 "candidates": ["Opens the fridge", "Closes the door", "Sits down"], "answer": answer}
+                for i, answer in enumerate(["Opens the fridge", "Closes the door", "Sits down", "Opens the fridge"])]
+        (data / "json" / f"{subtask}.json").write_text(json.dumps(rows))
+    local_mvbench(tmp_path / "tasks", data)
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run([sys.executable, "-m", "lmms_eval", "--model", "dummy", "--model_args", "response=A", "--tasks",
+                           "mvbench_local", "--include_path", str(tmp_path / "tasks"), "--output_path",
+                           str(tmp_path / "lmms"), "--log_samples"], capture_output=True, text=True, env=env, timeout=600,
+                          cwd=tmp_path)
+    results = list((tmp_path / "lmms").glob("**/*_results.json"))
+    assert done.returncode == 0 and results, (done.stdout + done.stderr)[-4000:]
+    theirs = json.loads(results[0].read_text().replace("mvbench_local", "mvbench"))  # the names we compare under
+    renamed = tmp_path / "renamed"
+    renamed.mkdir()
+    for samples in (tmp_path / "lmms").glob("**/*_samples_*.jsonl"):
+        (renamed / samples.name.replace("mvbench_local", "mvbench")).write_text(samples.read_text())
+    result = CliRunner().invoke(app, ["eval", "mvbench", "--data-dir", str(data), "--responses", str(renamed),
+                                      "--output", str(tmp_path / "ours")])
+    assert result.exit_code == 0, result.output
+    ours = json.loads((tmp_path / "ours" / "results.json").read_text())
+    for subtask in (f"mvbench_{name}" for name in MVBENCH_SUBTASKS):
+        assert ours["results"][subtask]["alias"] == theirs["results"][subtask]["alias"] == f" - {subtask}"
+        assert 0 < theirs["results"][subtask]["mvbench_accuracy,none"] < 100
+        same_entries(ours["results"][subtask], theirs["results"][subtask])
+    for section in ("group_subtasks", "versions", "n-shot", "higher_is_better", "n-samples"):
+        assert ours[section] == theirs[section], section
