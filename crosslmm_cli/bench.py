@@ -4,6 +4,7 @@ cross-attention), on random weights of a preset's real architecture (no download
 
 from __future__ import annotations
 
+import importlib.metadata
 import math
 import platform
 import statistics
@@ -153,20 +154,31 @@ def prefill(model, input_ids: torch.Tensor, pixels: torch.Tensor):
     return memory, cache, logits
 
 
-def measure(model, num_frames: int, settings: BenchSettings, meter: MemoryMeter) -> dict:
+def timed_prefills(models: dict, num_frames: int, settings: BenchSettings) -> dict[str, list[float]]:
+    """Prefill milliseconds of each system, the systems alternated run by run (A, B, A, B, ...) so that
+    a noisy machine slows them alike; warm-up prefills first, likewise alternated."""
+    device = torch.device(settings.device)
+    inputs = {name: prompt_inputs(model, num_frames, settings.text_tokens, device) for name, model in models.items()}
+    for _ in range(settings.warmup):
+        for name, model in models.items():
+            prefill(model, *inputs[name])
+    times: dict[str, list[float]] = {name: [] for name in models}
+    for _ in range(settings.runs):
+        for name, model in models.items():
+            synchronize(device)
+            began = time.perf_counter()
+            outputs = prefill(model, *inputs[name])
+            synchronize(device)
+            times[name].append((time.perf_counter() - began) * 1000)
+            del outputs
+    return times
+
+
+def measure_generation(model, num_frames: int, settings: BenchSettings, meter: MemoryMeter, others_mb: float) -> dict:
+    """One generation: its peak memory (prefill dominates; the other systems' weights, resident
+    meanwhile, taken out) and its decode speed after the first token."""
     device = torch.device(settings.device)
     input_ids, pixels = prompt_inputs(model, num_frames, settings.text_tokens, device)
-    for _ in range(settings.warmup):
-        prefill(model, input_ids, pixels)
-    times = []
-    for _ in range(settings.runs):
-        synchronize(device)
-        began = time.perf_counter()
-        outputs = prefill(model, input_ids, pixels)
-        synchronize(device)
-        times.append((time.perf_counter() - began) * 1000)
-        del outputs
-    # one generation: its peak memory (prefill dominates) and its decode speed after the first token
     baseline_mb = meter.current_mb()
     meter.reset_peak()
     with torch.inference_mode():
@@ -179,15 +191,16 @@ def measure(model, num_frames: int, settings: BenchSettings, meter: MemoryMeter)
         stamps.append(time.perf_counter())
     peak = meter.peak_mb()
     del memory
-    tokens_per_s = (len(stamps) - 1) / (stamps[-1] - stamps[0])
     return {
-        "prefill_ms": round(statistics.median(times), 2),
-        "prefill_ms_runs": [round(t, 2) for t in times],
-        "decode_tokens_per_s": round(tokens_per_s, 2),
-        "peak_memory_mb": round(peak, 1),
+        "decode_tokens_per_s": round((len(stamps) - 1) / (stamps[-1] - stamps[0]), 2),
+        "peak_memory_mb": round(peak - others_mb, 1),
         "activation_memory_mb": round(max(0.0, peak - baseline_mb), 1),
         "llm_positions": int(input_ids.shape[1]),
     }
+
+
+def weights_mb(model) -> float:
+    return sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()]) / 2**20
 
 
 def activation_budget(model, settings: BenchSettings, meter: MemoryMeter, probe_frames: tuple[int, int]) -> tuple[float, float]:
@@ -222,22 +235,31 @@ def check_fits(system: str, fit: tuple[float, float], frames: list[int], free_mb
 
 # ---- the whole run ------------------------------------------------------------------------------
 def run_bench(settings: BenchSettings, status: Callable[[str], None] = lambda _: None) -> dict:
+    """Both systems built, checked to fit and then measured side by side, frame count by frame count."""
     meter = MemoryMeter(settings.device)
-    results = []
-    for system in SYSTEMS:
-        config = system_config(settings.preset, system)
-        model = None
-        if not settings.flops_only:
+    configs = {system: system_config(settings.preset, system) for system in SYSTEMS}
+    models = {}
+    if not settings.flops_only:
+        for system in SYSTEMS:
             status(f"building {system} ({settings.preset}, random weights)")
-            model = build_system(settings, system)
+            models[system] = build_system(settings, system)
+        for system, model in models.items():
             status(f"{system}: checking memory")
             fit = activation_budget(model, settings, meter, (1, 2))
             check_fits(system, fit, settings.frames, meter.free_mb(), settings.device)
-        for frames in settings.frames:
-            status(f"{system}: {frames} frames")
+    sizes = {system: weights_mb(model) for system, model in models.items()}
+    rows = {system: [] for system in SYSTEMS}
+    for frames in settings.frames:
+        status(f"{frames} frames")
+        times = timed_prefills(models, frames, settings) if models else {}
+        for system in SYSTEMS:
+            config = configs[system]
             row = {"system": system, "frames": frames}
-            if model is not None:
-                row.update(measure(model, frames, settings, meter))
+            if models:
+                row.update(prefill_ms=round(statistics.median(times[system]), 2),
+                           prefill_ms_runs=[round(t, 2) for t in times[system]],
+                           **measure_generation(models[system], frames, settings, meter,
+                                                sum(size for other, size in sizes.items() if other != system)))
             else:
                 length, _, _ = prompt_layout(config, frames, settings.text_tokens)
                 row.update(dict.fromkeys(MEASURED), llm_positions=length)
@@ -245,10 +267,7 @@ def run_bench(settings: BenchSettings, status: Callable[[str], None] = lambda _:
             row["tflops"] = flops["total"] / 1e12
             row["tflops_breakdown"] = {k: v / 1e12 for k, v in flops.items() if k != "total"}
             row["tokens_per_frame"] = config.tokens_per_frame
-            results.append(row)
-        del model
-        if settings.device.startswith("cuda"):
-            torch.cuda.empty_cache()
+            rows[system].append(row)
     return {
         "preset": settings.preset,
         "device": "meta device (FLOPs only)" if settings.flops_only else describe_device(settings.device),
@@ -256,9 +275,10 @@ def run_bench(settings: BenchSettings, status: Callable[[str], None] = lambda _:
         "quantize": settings.quantize,
         "text_tokens": settings.text_tokens,
         "runs": 0 if settings.flops_only else settings.runs,
+        "timing": "prefills of the two systems alternated run by run (A, B, A, B, ...)",
         "versions": versions(),
-        "results": results,
-        "scaling": scaling(results),
+        "results": [row for system in SYSTEMS for row in rows[system]],
+        "scaling": scaling([row for system in SYSTEMS for row in rows[system]]),
     }
 
 
@@ -297,11 +317,9 @@ def versions() -> dict:
     import transformers
 
     found = {"torch": torch.__version__, "transformers": transformers.__version__, "python": platform.python_version()}
-    try:
-        import bitsandbytes
-
-        found["bitsandbytes"] = bitsandbytes.__version__
-    except ImportError:
+    try:  # read from its metadata: importing bitsandbytes costs a quarter of the start-up
+        found["bitsandbytes"] = importlib.metadata.version("bitsandbytes")
+    except importlib.metadata.PackageNotFoundError:
         pass
     if torch.cuda.is_available():
         found["cuda"] = torch.version.cuda

@@ -81,7 +81,15 @@ def check_checkpoint(folder: Path) -> None:
 
     from models import CrossLMMConfig, CrossLMMForConditionalGeneration
 
-    read_config(folder)
+    config_values = read_config(folder)
+    base = config_values.get("base_checkpoint")
+    if isinstance(base, str) and base.startswith(("./", "../", "/")):
+        from models.loading import base_location
+
+        where = Path(base_location(folder, base))
+        if not (where / "config.json").is_file():
+            raise UserError(f"{folder} holds only trained tensors; the base checkpoint it needs, {where} ({base} from "
+                            "it), is missing: put the base back there (move the two together), or train with --merge")
     files = weight_files(folder)
     header = {name: entry for path in files for name, entry in safetensors_header(path).items()}
     try:

@@ -84,7 +84,8 @@ def save_partial_checkpoint(
     names: list[str], base_checkpoint: str,
 ) -> None:
     """Save only the tensors ``names`` (never quantised ones) and a pointer to the checkpoint that
-    holds the rest; :func:`load_model` puts the two together."""
+    holds the rest (a hub id, or a local path, relative to ``path`` as "./…" or "../…" so that both
+    can move together); :func:`load_model` puts the two together."""
     os.makedirs(path, exist_ok=True)
     state = model.state_dict()
     save_file({name: state[name].detach().contiguous().cpu() for name in names}, os.path.join(path, PARTIAL_WEIGHTS),
@@ -95,8 +96,16 @@ def save_partial_checkpoint(
     processor.save_pretrained(path)
 
 
+def base_location(path: str | os.PathLike, base_checkpoint: str) -> str:
+    """Where a trained-only checkpoint's base is: a hub id as it is; a local path ("./…", "../…" or
+    absolute) resolved against the checkpoint's own folder, so the two can move together."""
+    if base_checkpoint.startswith(("./", "../")):
+        return os.path.normpath(os.path.join(path, base_checkpoint))
+    return base_checkpoint
+
+
 def _load_partial(path, config: CrossLMMConfig, quantize: str, device, dtype) -> CrossLMMForConditionalGeneration:
-    model = load_model(config.base_checkpoint, quantize=quantize, device=device, dtype=dtype,
+    model = load_model(base_location(path, config.base_checkpoint), quantize=quantize, device=device, dtype=dtype,
                        tokens_per_frame=config.tokens_per_frame)
     trained = load_file(os.path.join(path, PARTIAL_WEIGHTS), device=str(device))
     state = model.state_dict()

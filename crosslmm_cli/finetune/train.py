@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import shutil
 import time
@@ -187,13 +188,25 @@ def check_resumable(checkpoint: Path, settings: FinetuneSettings) -> dict:
     return state
 
 
-def resolve_base(spec: str) -> str:
-    """Where the weights not saved by a trained-only checkpoint live."""
+def resolve_base(spec: str, output: Path) -> str:
+    """Where the weights not saved by a trained-only checkpoint live, as the output records it: a
+    local base by its path relative to the output ("../base"), so moving both together keeps it; a
+    preset built into the cache by its absolute path; a hub id as it is."""
     if is_checkpoint_dir(spec):
-        return str(Path(spec).resolve())
+        relative = os.path.relpath(Path(spec).resolve(), output.resolve())
+        return relative if relative.startswith("..") else f"./{relative}"
     if is_checkpoint_dir(cache_home() / spec):
         return str((cache_home() / spec).resolve())
-    return spec  # a hub id
+    return spec
+
+
+def weights_dtype(spec: str) -> torch.dtype:
+    """The dtype of a checkpoint's weights (its config's), so that outputs keep it; float32 if unknown."""
+    folder = Path(spec) if is_checkpoint_dir(spec) else cache_home() / spec
+    if not is_checkpoint_dir(folder):
+        return torch.float32
+    name = json.loads((folder / "config.json").read_text()).get("dtype") or "float32"
+    return {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(str(name), torch.float32)
 
 
 def merge_into_full_precision(model, settings: FinetuneSettings):
@@ -224,8 +237,9 @@ def save_final(model, processor, settings: FinetuneSettings, trained: list[str])
     else:
         core = model.merge_and_unload() if hasattr(model, "merge_and_unload") else model
     core.config.needs_training = False
+    core.to(weights_dtype(settings.model))  # trained in float32, written in the base's dtype
     if settings.stage == 1 and not settings.merge:  # stage 1 trains no quantisable weight
-        save_partial_checkpoint(core, processor, settings.output, trained, resolve_base(settings.model))
+        save_partial_checkpoint(core, processor, settings.output, trained, resolve_base(settings.model, settings.output))
         return "trained tensors + base pointer"
     save_checkpoint(core, processor, settings.output)
     return "full weights"

@@ -82,3 +82,16 @@ def test_flops_only_needs_no_weights(tmp_path):
     rows = {r["system"]: r for r in json.loads(report_path.read_text())["results"]}
     assert rows["crosslmm"]["tflops"] <= 0.25 * rows["baseline"]["tflops"]
     assert rows["crosslmm"]["prefill_ms"] is None and rows["baseline"]["llm_positions"] == 64 + 256 * 196 + 1
+
+
+def test_the_two_systems_are_timed_alternately(monkeypatch):
+    from crosslmm_cli import bench
+
+    order, real_prefill = [], bench.prefill
+    monkeypatch.setattr(bench, "prefill", lambda model, *a: order.append(model.config.cross_attn_every) or real_prefill(model, *a))
+    settings = bench.BenchSettings(preset="tiny", frames=[2], device="cpu", runs=3, warmup=1, decode_tokens=2)
+    models = {system: bench.build_system(settings, system) for system in bench.SYSTEMS}
+    times = bench.timed_prefills(models, 2, settings)
+    crosslmm, baseline = (models[s].config.cross_attn_every for s in bench.SYSTEMS)
+    assert order == [crosslmm, baseline] * 4  # one warm-up each, then three timed runs each, in turn
+    assert all(len(runs) == 3 for runs in times.values())

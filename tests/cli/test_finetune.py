@@ -298,3 +298,35 @@ def test_decoded_clips_are_cached_up_to_a_byte_budget(folder, monkeypatch):
     # c2 pushes out c1 (least recently used), not c0; c1 is then decoded again
     assert decoded == ["c0.mp4", "c1.mp4", "c2.mp4", "c1.mp4"]
     assert dataset.cached_bytes == 2 * clip_bytes
+
+
+def test_outputs_keep_the_base_dtype(folder, tmp_path):
+    from safetensors import safe_open
+
+    base = tmp_path / "bf16"
+    assert runner.invoke(app, ["init", "tiny", str(base), "--dtype", "bf16"]).exit_code == 0
+    out = tmp_path / "out"
+    result = train(folder, out, "--model", str(base), "--full", "--max-steps", "2")
+    assert result.exit_code == 0, result.output
+    with safe_open(str(out / "model.safetensors"), "pt") as weights:  # safetensors' own reader
+        assert {weights.get_slice(name).get_dtype() for name in weights.keys()} == {"BF16"}
+
+
+def test_a_stage_one_output_moves_with_its_base_and_names_it_when_gone(folder, tiny_checkpoint, tmp_path, videos):
+    import shutil
+
+    project = tmp_path / "project"
+    shutil.copytree(tiny_checkpoint, project / "base")
+    assert train(folder, project / "stage1", "--model", str(project / "base"), "--stage", "1",
+                 "--max-steps", "1").exit_code == 0
+    assert json.loads((project / "stage1" / "config.json").read_text())["base_checkpoint"] == "../base"
+    moved = tmp_path / "moved"
+    project.rename(moved)  # both together: still loads
+    ask = ["ask", str(videos["mp4"]), "What?", "--model", str(moved / "stage1"), "--frames", "2", "--max-new-tokens", "2"]
+    result = runner.invoke(app, ask)
+    assert result.exit_code == 0, result.output
+    (moved / "base").rename(tmp_path / "elsewhere")  # the base alone moved away
+    result = runner.invoke(app, ask)
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert result.exit_code == 1 and len(errors) == 1 and "Traceback" not in result.output
+    assert str(moved / "base") in errors[0] and "missing" in errors[0] and "hub" not in errors[0]
