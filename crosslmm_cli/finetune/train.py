@@ -19,6 +19,7 @@ import torch
 from models import save_checkpoint
 from models.loading import save_partial_checkpoint
 
+from ..checkpoint_files import read_config
 from ..errors import UserError
 from ..model_source import cache_home, is_checkpoint_dir, open_model, pick_device
 from .data import VideoQADataset, collate, read_folder, video_problem
@@ -205,7 +206,7 @@ def weights_dtype(spec: str) -> torch.dtype:
     folder = Path(spec) if is_checkpoint_dir(spec) else cache_home() / spec
     if not is_checkpoint_dir(folder):
         return torch.float32
-    name = json.loads((folder / "config.json").read_text()).get("dtype") or "float32"
+    name = read_config(folder).get("dtype") or "float32"
     return {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(str(name), torch.float32)
 
 
