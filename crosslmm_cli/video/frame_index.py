@@ -24,7 +24,6 @@ class FrameIndex:
     keyframe: np.ndarray  # (N,) bool
     complete: bool  # False when the file ends before frames its header declares (truncated)
     declared_seconds: float  # how long the header says the video is
-    source: str  # "mp4 sample tables" | "packet scan"
     seconds: np.ndarray = field(init=False, repr=False)  # (N,) float64, from the first frame
     keyframes: np.ndarray = field(init=False, repr=False)  # (K,) positions of the keyframes
 
@@ -86,8 +85,7 @@ def build_index(path: str, container: av.container.InputContainer, stream: av.vi
     carries a timestamp."""
     track = mp4_index.read_track(path)
     if track is not None and len(track.pts) and Fraction(1, track.timescale) == stream.time_base:
-        return FrameIndex(stream.time_base, track.pts, track.keyframe, track.complete, track.declared_seconds,
-                          "mp4 sample tables")
+        return FrameIndex(stream.time_base, track.pts, track.keyframe, track.complete, track.declared_seconds)
     return _scan(container, stream)
 
 
@@ -103,7 +101,7 @@ def _scan(container, stream) -> FrameIndex | None:
     pts_array = np.array(pts, dtype=np.int64)
     order = np.argsort(pts_array, kind="stable")
     pts_array, keyframe_array = pts_array[order], np.array(keyframe, dtype=bool)[order]
-    index = FrameIndex(stream.time_base, pts_array, keyframe_array, True, 0.0, "packet scan")
+    index = FrameIndex(stream.time_base, pts_array, keyframe_array, True, 0.0)
     if stream.duration:
         declared = float(stream.duration * stream.time_base)
     elif container.duration:

@@ -8,7 +8,6 @@ import time
 import tracemalloc
 
 import av
-import numpy as np
 import pytest
 
 from crosslmm_cli.synthetic_video import ffmpeg_exe, index_frames, write_video
@@ -86,5 +85,7 @@ def test_truncated_files_list_only_the_frames_whose_bytes_are_there(bframes, tmp
     track, whole = read_track(half), read_track(faststart)
     assert not track.complete and 0 < len(track.pts) < len(whole.pts)
     assert track.declared_seconds == whole.declared_seconds
-    assert set(track.pts.tolist()) <= set(whole.pts.tolist())
-    assert np.all(np.diff(track.pts) > 0)
+    with av.open(str(half)) as container:  # what libavformat reads whole from the cut file
+        stream = container.streams.video[0]
+        readable = sorted(p.pts for p in container.demux(stream) if p.size and not p.is_discard and not p.is_corrupt)
+    assert track.pts.tolist() == readable
