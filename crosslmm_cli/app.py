@@ -88,6 +88,8 @@ def init(
     outdir: Annotated[Path, typer.Argument(readable=False, help="directory to write the checkpoint to")],
     tokens_per_frame: Annotated[Optional[int], typer.Option(help="pooled tokens per frame (1, 4, 9, 16, ...)")] = None,
     dtype: Annotated[str, typer.Option(help="weights dtype: bf16 | fp16 | fp32 (random presets default to fp32)")] = "",
+    max_shard_size: Annotated[Optional[str], typer.Option(
+        help="largest weight file, e.g. 5GB (default: transformers' own, 50GB)")] = None,
     force: Annotated[bool, typer.Option(help="write into a non-empty directory")] = False,
     random: Annotated[bool, typer.Option(help="random weights of the preset's architecture, no download "
                                                "(benchmarks and smoke runs; the answers are noise)")] = False,
@@ -100,11 +102,19 @@ def init(
         raise UserError(f"{outdir} exists and is not an empty directory; choose another path or pass --force")
     if dtype and dtype not in DTYPES:
         raise UserError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    if max_shard_size is not None:
+        from transformers.utils.hub import convert_file_size_to_int
+
+        try:
+            convert_file_size_to_int(max_shard_size)
+        except (ValueError, TypeError):
+            raise UserError(f"--max-shard-size must be a size such as 5GB or 500MB, got {max_shard_size!r}") from None
     writable_folder(outdir, "OUTDIR")
     quiet_libraries()
     options = {} if tokens_per_frame is None else {"tokens_per_frame": tokens_per_frame}
     with stderr.status(f"building {preset}"):
-        create_checkpoint(preset, outdir, dtype=DTYPES[dtype] if dtype else None, random_weights=random, **options)
+        create_checkpoint(preset, outdir, dtype=DTYPES[dtype] if dtype else None, random_weights=random,
+                          max_shard_size=max_shard_size, **options)
     stderr.print(f"[green]saved[/] {preset} to {outdir}; use it with --model {outdir}")
 
 
@@ -126,6 +136,9 @@ def ask(
     max_new_tokens: Annotated[int, typer.Option(help="longest answer, in tokens")] = 512,
     temperature: Annotated[float, typer.Option(help="0 for greedy decoding")] = 0.0,
     top_p: Annotated[float, typer.Option(help="nucleus sampling mass (with --temperature > 0)")] = 1.0,
+    top_k: Annotated[int, typer.Option(help="sample among the k likeliest tokens, 0 for all (with --temperature > 0)")] = 0,
+    repetition_penalty: Annotated[float, typer.Option(help="> 1 discourages repeating tokens")] = 1.0,
+    stop: Annotated[Optional[list[str]], typer.Option(help="end the answer at this string (repeatable; not printed)")] = None,
     seed: Annotated[Optional[int], typer.Option(help="seed for sampling")] = None,
     system: Annotated[Optional[str], typer.Option(help="system prompt")] = None,
     time_instruction: Annotated[bool, typer.Option(help="tell the model the video length and frame timestamps")] = False,
@@ -143,7 +156,8 @@ def ask(
         model=model, frames=frames, fps=fps, start=start, end=end, seek="exact" if exact else seek,
         tokens_per_frame=tokens_per_frame,
         quantize=quantize, device=device, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
-        seed=seed, system=system, time_instruction=time_instruction, json_output=json_output, stream=stream,
+        top_k=top_k, repetition_penalty=repetition_penalty, stop=tuple(stop or ()), seed=seed, system=system,
+        time_instruction=time_instruction, json_output=json_output, stream=stream,
         verbose=verbose, chat=chat,
     )
     quiet_libraries()

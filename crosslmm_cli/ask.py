@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from models import QUANTIZE_MODES, AnswerStream, SamplingSettings
+from crosslmm import QUANTIZE_MODES, AnswerStream, SamplingSettings
 
 from .errors import UserError
 from .model_source import open_model, pick_device
@@ -35,6 +35,9 @@ class AskSettings:
     max_new_tokens: int = 512
     temperature: float = 0.0
     top_p: float = 1.0
+    top_k: int = 0  # 0: no top-k cut
+    repetition_penalty: float = 1.0
+    stop: tuple[str, ...] = ()  # strings that end an answer
     seed: int | None = None
     system: str | None = None  # system prompt; the chat template's default when None
     time_instruction: bool = False  # tell the model the video length and frame timestamps
@@ -51,10 +54,13 @@ class AskSettings:
         if self.quantize is not None and self.quantize not in QUANTIZE_MODES:
             raise UserError(f"--quantize must be one of {', '.join(QUANTIZE_MODES)}, got {self.quantize!r}")
         try:
-            self.sampling = SamplingSettings(self.max_new_tokens, self.temperature, self.top_p, self.seed)
+            self.sampling = SamplingSettings(self.max_new_tokens, self.temperature, self.top_p, self.top_k,
+                                             self.repetition_penalty, tuple(self.stop), self.seed)
         except ValueError as error:
-            message = str(error).replace("max_new_tokens", "--max-new-tokens").replace("top_p", "--top-p")
-            raise UserError(message.replace("temperature", "--temperature")) from None
+            message = str(error)
+            for name in ("max_new_tokens", "top_p", "top_k", "repetition_penalty", "temperature"):
+                message = message.replace(name, "--" + name.replace("_", "-"))
+            raise UserError(message.replace("a stop string", "a --stop string")) from None
         self.request = SamplingRequest(self.frames, self.fps, self.start, self.end, self.seek, max_side=MAX_SIDE)
 
 
@@ -113,16 +119,11 @@ class VideoChat:
             self.messages.pop()
             raise UserError(f"the question with the video and the conversation so far is {inputs['input_ids'].shape[1]:,} "
                             f"tokens; the model reads at most {context:,}: shorten the question or sample fewer --frames")
-        device = self.pixels.device
         pieces: list[str] = []
         began = time.perf_counter()
-        first_token_at = None
         stream = AnswerStream(self.model, self.processor, inputs, self.memory, self.settings.sampling)
         try:
             for piece in stream:
-                if first_token_at is None:
-                    synchronize(device)
-                    first_token_at = time.perf_counter()
                 pieces.append(piece)
                 if on_piece is not None:
                     on_piece(piece)
@@ -130,7 +131,7 @@ class VideoChat:
             text = "".join(pieces)
             self.messages.append({"role": "assistant", "content": text})
         ended = time.perf_counter()
-        first_token_at = first_token_at or ended
+        first_token_at = stream.first_token_at or ended
         return Answer(
             text, int(inputs["input_ids"].shape[1]), len(stream.token_ids), first_token_at - began, ended - first_token_at
         )

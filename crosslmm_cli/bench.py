@@ -16,10 +16,11 @@ from pathlib import Path
 
 import torch
 from transformers import DynamicCache
+from transformers.generation.streamers import BaseStreamer
 
-from models import PRESETS, CrossLMMForConditionalGeneration, SamplingSettings, generate_tokens
-from models.loading import load_model
-from models.flops import full_token_baseline, prefill_flops, prompt_layout
+from crosslmm import PRESETS, CrossLMMForConditionalGeneration
+from crosslmm.loading import load_model
+from crosslmm.flops import full_token_baseline, prefill_flops, prompt_layout
 
 from .ask import synchronize
 from .errors import UserError
@@ -174,6 +175,22 @@ def timed_prefills(models: dict, num_frames: int, settings: BenchSettings) -> di
     return times
 
 
+class TokenTimes(BaseStreamer):
+    """When each new token was produced (the device synchronised first)."""
+
+    def __init__(self, device: torch.device):
+        self.device, self.times, self.prompt_seen = device, [], False
+
+    def put(self, value) -> None:
+        if self.prompt_seen:  # the first call carries the prompt
+            synchronize(self.device)
+            self.times.append(time.perf_counter())
+        self.prompt_seen = True
+
+    def end(self) -> None:
+        pass
+
+
 def measure_generation(model, num_frames: int, settings: BenchSettings, meter: MemoryMeter, others_mb: float) -> dict:
     """One generation: its peak memory (prefill dominates; the other systems' weights, resident
     meanwhile, taken out) and its decode speed after the first token."""
@@ -183,12 +200,11 @@ def measure_generation(model, num_frames: int, settings: BenchSettings, meter: M
     meter.reset_peak()
     with torch.inference_mode():
         memory = model.encode_video(pixels)
-    stamps = []
-    tokens = generate_tokens(model, input_ids, torch.ones_like(input_ids), memory,
-                             SamplingSettings(max_new_tokens=settings.decode_tokens + 1), eos_token_ids=set())
-    for _ in tokens:
-        synchronize(device)
-        stamps.append(time.perf_counter())
+    stamps = TokenTimes(device)
+    model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), visual_memory=memory,
+                   max_new_tokens=settings.decode_tokens + 1, min_new_tokens=settings.decode_tokens + 1,
+                   do_sample=False, streamer=stamps)
+    stamps = stamps.times
     peak = meter.peak_mb()
     del memory
     return {

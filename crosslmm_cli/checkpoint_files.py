@@ -79,12 +79,12 @@ def check_checkpoint(folder: Path) -> None:
     """:class:`UserError` unless ``folder``'s config and safetensors weights are readable and agree."""
     import torch
 
-    from models import CrossLMMConfig, CrossLMMForConditionalGeneration
+    from crosslmm import CrossLMMConfig, CrossLMMForConditionalGeneration
 
     config_values = read_config(folder)
     base = config_values.get("base_checkpoint")
     if isinstance(base, str) and base.startswith(("./", "../", "/")):
-        from models.loading import base_location
+        from crosslmm.loading import base_location
 
         where = Path(base_location(folder, base))
         if not (where / "config.json").is_file():

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from models import PRESETS, CrossLMMConfig, build_preset, build_random_preset, load_checkpoint, save_checkpoint
+from crosslmm import PRESETS, CrossLMMConfig, build_preset, build_random_preset, load_checkpoint, save_checkpoint
 
 from .checkpoint_files import check_checkpoint
 from .errors import UserError
@@ -59,7 +59,7 @@ def check_hub_reachable(what: str) -> None:
 
 
 def create_checkpoint(preset: str, outdir: Path, dtype: torch.dtype | None = None, random_weights: bool = False,
-                      **options) -> None:
+                      max_shard_size: str | None = None, **options) -> None:
     """Build ``preset`` (downloading its parts unless it has random weights, or ``random_weights``
     asks for random weights of its architecture and the offline byte-level tokenizer) and save it to
     ``outdir`` in ``dtype``: by default float32 for random weights and bfloat16 for the others."""
@@ -84,7 +84,7 @@ def create_checkpoint(preset: str, outdir: Path, dtype: torch.dtype | None = Non
         ) from error
     except ValueError as error:
         raise UserError(f"cannot build {preset}: {error}") from error
-    save_checkpoint(model, processor, outdir)
+    save_checkpoint(model, processor, outdir, max_shard_size=max_shard_size)
 
 
 def looks_like_a_path(spec: str) -> bool:

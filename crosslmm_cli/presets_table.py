@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from rich.table import Table
 
-from models import PRESETS, parameter_counts
+from crosslmm import PRESETS, parameter_counts
 
 
 def millions(count: int) -> str:

@@ -1,18 +1,22 @@
 """CrossLMM model core: torch + transformers only (no CLI, no printing)."""
 
-from transformers import AutoConfig, AutoModelForImageTextToText
+from transformers import AutoConfig, AutoModel, AutoModelForImageTextToText, AutoProcessor
 
 from .builders import build_preset, build_random, build_random_preset, build_tiny, from_llava_onevision, from_parts, parameter_counts
 from .configuration import CrossLMMConfig
 from .cross_attention import CrossAttention, CrossAttentionDecoderLayer, DualCrossAttention, TanhGate, VisualMemory
-from .generation import AnswerStream, SamplingSettings, generate_tokens, stream_answer
+from .generation import AnswerStream, SamplingSettings, stop_token_ids, stream_answer
 from .loading import QUANTIZE_MODES, load_checkpoint, load_model, quantization_config, save_checkpoint
 from .modeling import CrossLMMForConditionalGeneration
 from .presets import PRESETS, Preset, get_preset
 from .processing import CrossLMMProcessor
+from .video_processing import CrossLMMVideoProcessor
 
+# importing the package makes checkpoints loadable by transformers' Auto classes (never remote code)
 AutoConfig.register("crosslmm", CrossLMMConfig, exist_ok=True)
+AutoModel.register(CrossLMMConfig, CrossLMMForConditionalGeneration, exist_ok=True)
 AutoModelForImageTextToText.register(CrossLMMConfig, CrossLMMForConditionalGeneration, exist_ok=True)
+AutoProcessor.register(CrossLMMConfig, CrossLMMProcessor, exist_ok=True)
 
 __all__ = [
     "AnswerStream",
@@ -23,6 +27,7 @@ __all__ = [
     "CrossLMMConfig",
     "CrossLMMForConditionalGeneration",
     "CrossLMMProcessor",
+    "CrossLMMVideoProcessor",
     "DualCrossAttention",
     "Preset",
     "SamplingSettings",
@@ -34,12 +39,12 @@ __all__ = [
     "build_tiny",
     "from_llava_onevision",
     "from_parts",
-    "generate_tokens",
     "get_preset",
     "load_checkpoint",
     "load_model",
     "parameter_counts",
     "quantization_config",
     "save_checkpoint",
+    "stop_token_ids",
     "stream_answer",
 ]

@@ -13,7 +13,7 @@ from transformers.models.auto.modeling_auto import MODEL_MAPPING
 
 from .configuration import CrossLMMConfig
 from .cross_attention import CrossAttention, TanhGate
-from .modeling import CrossLMMForConditionalGeneration, load_language_model_state
+from .modeling import CrossLMMForConditionalGeneration
 from .pooling import MultiModalProjector
 from .presets import get_preset
 from .processing import CrossLMMProcessor, build_byte_tokenizer, ensure_video_token
@@ -32,7 +32,7 @@ def build_random_preset(name: str, seed: int = 0, **options) -> tuple[CrossLMMFo
     config = get_preset(name).reference_config(**options)
     if len(tokenizer) > config.text_config.vocab_size:
         raise ValueError(f"the tokenizer has {len(tokenizer)} tokens, the {name} LLM only {config.text_config.vocab_size}")
-    return build_random(config, seed), CrossLMMProcessor(tokenizer, config)
+    return build_random(config, seed), CrossLMMProcessor.for_model(tokenizer, config)
 
 
 def build_tiny(seed: int = 0, **options) -> tuple[CrossLMMForConditionalGeneration, CrossLMMProcessor]:
@@ -114,13 +114,13 @@ def from_llava_onevision(
         **_prefixed("vision_tower.", inner.vision_tower.state_dict()),
         **_prefixed("multi_modal_projector.", inner.multi_modal_projector.state_dict()),
         "video_separator": inner.image_newline,
-        **load_language_model_state(config, language, prefix="language_model."),
+        **_prefixed("language_model.", language),
     }
     model = _assemble(config, {k: v.detach() for k, v in state.items()}, dtype)
     processor = None
     if tokenizer is not None:
         ensure_video_token(tokenizer)
-        processor = CrossLMMProcessor(tokenizer, config)
+        processor = CrossLMMProcessor.for_model(tokenizer, config)
     return model, processor
 
 
@@ -167,9 +167,9 @@ def from_parts(
     )
     state = {
         **_prefixed("vision_tower.", vision_state),
-        **load_language_model_state(config, language.state_dict(), prefix="language_model."),
+        **_prefixed("language_model.", language.state_dict()),
     }
-    return _assemble(config, state, dtype), CrossLMMProcessor(tokenizer, config)
+    return _assemble(config, state, dtype), CrossLMMProcessor.for_model(tokenizer, config)
 
 
 def build_preset(name: str, dtype: torch.dtype | None = None, **options):

@@ -114,5 +114,10 @@ class CrossLMMConfig(PretrainedConfig):
 
     def video_positions(self, num_frames: int) -> int:
         """LLM positions one video of ``num_frames`` frames takes (pooled tokens plus separators)."""
-        separators = {"none": 0, "frame": num_frames, "video": 1}[self.frame_separator]
-        return num_frames * self.tokens_per_frame + separators
+        return video_positions(num_frames, self.tokens_per_frame, self.frame_separator)
+
+
+def video_positions(num_frames: int, tokens_per_frame: int, frame_separator: str) -> int:
+    """LLM positions of a video: g² pooled tokens per frame, plus the separators."""
+    separators = {"none": 0, "frame": num_frames, "video": 1}[frame_separator]
+    return num_frames * tokens_per_frame + separators

@@ -2,17 +2,16 @@
 the full-resolution "original" visual tokens of their video through gated GQA cross-attention.
 
 A DCAL lives inside an existing decoder layer of the LLM, after its self-attention and before its
-MLP. :class:`CrossAttentionDecoderLayer` wraps the Hugging Face layer without copying it.
+MLP: :class:`CrossAttentionDecoderLayer` is mixed into the Hugging Face layer's own class.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers.modeling_layers import GradientCheckpointingLayer
 
 
 class TanhGate(nn.Module):
@@ -100,6 +99,14 @@ class VisualMemory:
     def batch_size(self) -> int:
         return self.num_frames.numel()
 
+    def repeat_interleave(self, times: int) -> "VisualMemory":
+        """Each sample's video ``times`` times in a row, as generation repeats rows for beams and
+        for several answers per prompt (cached keys/values are recomputed, not repeated)."""
+        frames = torch.arange(self.originals.shape[0], device=self.originals.device)
+        order = torch.cat([run for run in frames.split(self.num_frames.tolist()) for _ in range(times)])
+        return VisualMemory(pooled=self.pooled[order], originals=self.originals[order],
+                            num_frames=self.num_frames.repeat_interleave(times), cache_kv=self.cache_kv)
+
     def per_video(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         """All original tokens of each sample: (B, M, D) padded to the longest video, and a (B, M)
         bool mask of real tokens (None when every sample has the same number of frames)."""
@@ -139,6 +146,10 @@ class CrossAttentionInputs:
         order = torch.sort(self.text_mask.to(torch.int8), dim=1, descending=True, stable=True).indices
         self.text_index = order[:, :longest]
         self.text_valid = torch.arange(longest, device=counts.device)[None] < counts[:, None]
+
+    def with_originals(self, originals: torch.Tensor) -> "CrossAttentionInputs":
+        """The same inputs reading ``originals`` (a tensor standing in for the memory's own)."""
+        return replace(self, memory=replace(self.memory, originals=originals, t2v_kv={}, _per_video=None))
 
 
 class DualCrossAttention(nn.Module):
@@ -203,21 +214,29 @@ class DualCrossAttention(nn.Module):
         return hidden.new_zeros(batch, length, width).scatter_add(1, index, out)
 
 
-class CrossAttentionDecoderLayer(GradientCheckpointingLayer):
+class CrossAttentionDecoderLayer(nn.Module):
     """A Llama-family decoder layer with a DCAL between its self-attention and its MLP.
 
-    ``layer`` is the LLM's own layer, kept as it is (its weights, its attention implementation);
-    only the order of its parts is re-stated here so the DCAL can sit in the middle.
+    Mixed into the LLM's own layer class (see :func:`insert_cross_attention`): the layer keeps its
+    weights, names and attention implementation, stays an instance of its class (so transformers
+    records its hidden states and FSDP wraps it), and gains ``cross_attn``. Only the order of its
+    parts is re-stated here so the DCAL can sit in the middle.
     """
 
-    def __init__(self, layer: nn.Module, cross_attn: DualCrossAttention):
-        super().__init__()
-        self.layer = layer
-        self.cross_attn = cross_attn
+    cross_attn: DualCrossAttention
+
+    def __call__(self, hidden_states: torch.Tensor, *args, **kwargs):
+        cross_attention = kwargs.get("cross_attention")
+        if cross_attention is not None and not args:
+            # reentrant gradient checkpointing carries gradients only through positional tensors:
+            # the original visual tokens (which the projector and the vision tower learn through) go as one
+            return super().__call__(hidden_states, cross_attention.memory.originals, **kwargs)
+        return super().__call__(hidden_states, *args, **kwargs)
 
     def forward(
         self,
         hidden_states: torch.Tensor,
+        originals: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
         past_key_values=None,
@@ -226,10 +245,9 @@ class CrossAttentionDecoderLayer(GradientCheckpointingLayer):
         cross_attention: CrossAttentionInputs | None = None,
         **kwargs,
     ) -> torch.Tensor:
-        layer = self.layer
         residual = hidden_states
-        hidden_states, _ = layer.self_attn(
-            hidden_states=layer.input_layernorm(hidden_states),
+        hidden_states, _ = self.self_attn(
+            hidden_states=self.input_layernorm(hidden_states),
             attention_mask=attention_mask,
             position_ids=position_ids,
             past_key_values=past_key_values,
@@ -239,14 +257,30 @@ class CrossAttentionDecoderLayer(GradientCheckpointingLayer):
         )
         hidden_states = residual + hidden_states  # (B, L, D)
         if cross_attention is not None:
+            if originals is not None and originals is not cross_attention.memory.originals:
+                cross_attention = cross_attention.with_originals(originals)  # a reentrant checkpoint's copy
             hidden_states = hidden_states + self.cross_attn(hidden_states, cross_attention)
         residual = hidden_states
-        hidden_states = layer.mlp(layer.post_attention_layernorm(hidden_states))
+        hidden_states = self.mlp(self.post_attention_layernorm(hidden_states))
         return residual + hidden_states
 
 
+_LAYER_CLASSES: dict[type, type] = {}
+
+
+def with_cross_attention(layer_class: type) -> type:
+    """``layer_class`` with :class:`CrossAttentionDecoderLayer` mixed in (one class per layer class)."""
+    if layer_class not in _LAYER_CLASSES:
+        name = f"{layer_class.__name__}WithCrossAttention"
+        _LAYER_CLASSES[layer_class] = type(name, (CrossAttentionDecoderLayer, layer_class), {"__module__": __name__})
+    return _LAYER_CLASSES[layer_class]
+
+
 def insert_cross_attention(language_model: nn.Module, config) -> None:
-    """Wrap every K-th decoder layer of ``language_model`` (a ``*ForCausalLM``) in place."""
+    """Give every K-th decoder layer of ``language_model`` (a ``*ForCausalLM``) a DCAL, in place:
+    its parameter names stay those of the plain LLM, plus ``cross_attn.*``."""
     layers = language_model.model.layers
     for index in config.cross_attn_layers:
-        layers[index] = CrossAttentionDecoderLayer(layers[index], DualCrossAttention(config, index))
+        layer = layers[index]
+        layer.__class__ = with_cross_attention(type(layer))
+        layer.cross_attn = DualCrossAttention(config, index)

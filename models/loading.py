@@ -8,9 +8,10 @@ import os
 
 import torch
 from safetensors.torch import load_file, save_file
-from transformers import BitsAndBytesConfig
+from transformers import AutoTokenizer, BitsAndBytesConfig
 
 from .configuration import CrossLMMConfig
+from .generation import stop_token_ids
 from .modeling import CrossLMMForConditionalGeneration
 from .processing import CrossLMMProcessor
 
@@ -39,10 +40,30 @@ def quantization_config(mode: str, compute_dtype: torch.dtype = torch.bfloat16) 
     return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=KEEP_FULL_PRECISION)
 
 
-def save_checkpoint(model: CrossLMMForConditionalGeneration, processor: CrossLMMProcessor, path: str | os.PathLike) -> None:
-    """Write ``config.json``, ``model.safetensors`` and the tokenizer files to ``path``."""
+def saved_quantization(config: CrossLMMConfig) -> str | None:
+    """"nf4" or "int8" for a checkpoint saved from a quantised model, else None."""
+    saved = getattr(config, "quantization_config", None)
+    if saved is None:
+        return None
+    saved = saved if isinstance(saved, dict) else saved.to_dict()
+    return "nf4" if saved.get("load_in_4bit") else "int8"
+
+
+def _saved_compute_dtype(config: CrossLMMConfig) -> torch.dtype:
+    """The dtype a quantised model was saved in (its unquantised parts and the compute dtype)."""
+    name = str(getattr(config, "dtype", None) or "bfloat16")
+    return getattr(torch, name.removeprefix("torch."))
+
+
+def save_checkpoint(model: CrossLMMForConditionalGeneration, processor: CrossLMMProcessor, path: str | os.PathLike,
+                    max_shard_size: str | int | None = None) -> None:
+    """Write ``config.json``, ``generation_config.json``, the safetensors weights (sharded as
+    transformers shards them, or at ``max_shard_size``) and the processor's files to ``path``."""
     os.makedirs(path, exist_ok=True)
-    model.save_pretrained(path, safe_serialization=True)
+    stops = sorted(stop_token_ids(processor.tokenizer, model.config))
+    model.generation_config.eos_token_id = stops  # so that a plain generate() ends at <|im_end|>
+    model.generation_config.pad_token_id = processor.tokenizer.pad_token_id
+    model.save_pretrained(path, **({} if max_shard_size is None else {"max_shard_size": max_shard_size}))
     processor.save_pretrained(path)
 
 
@@ -62,9 +83,16 @@ def load_model(
     config.validate_crosslmm()  # an override (e.g. tokens_per_frame) may be out of range
     if config.base_checkpoint is not None:
         return _load_partial(path, config, quantize, device, dtype)
-    quant = quantization_config(quantize, compute_dtype=dtype or torch.bfloat16)
-    if quant is not None and dtype is None:
-        dtype = torch.bfloat16
+    saved = saved_quantization(config)
+    if saved is not None:
+        # quantised when saved: transformers applies the saved quantisation, in its compute dtype
+        if quantize not in ("none", saved):
+            raise ValueError(f"{path} holds weights already quantised as {saved}; load it with quantize={saved!r} or 'none'")
+        quant, dtype = None, dtype or _saved_compute_dtype(config)
+    else:
+        quant = quantization_config(quantize, compute_dtype=dtype or torch.bfloat16)
+        if quant is not None and dtype is None:
+            dtype = torch.bfloat16
     model = CrossLMMForConditionalGeneration.from_pretrained(
         path,
         dtype=dtype or torch.float32,
@@ -127,4 +155,5 @@ def load_checkpoint(
 ) -> tuple[CrossLMMForConditionalGeneration, CrossLMMProcessor]:
     """:func:`load_model` and the checkpoint's processor."""
     model = load_model(path, quantize, device, dtype, **config_overrides)
-    return model, CrossLMMProcessor.from_pretrained(path, config=model.config)
+    # the tokenizer saved with it; the rest from the model's config (overrides included)
+    return model, CrossLMMProcessor.for_model(AutoTokenizer.from_pretrained(path), model.config)

@@ -7,7 +7,7 @@ import math
 
 import torch
 from torch import nn
-from transformers import AutoModel, AutoModelForCausalLM, PreTrainedModel
+from transformers import AutoModel, AutoModelForCausalLM, GenerationMixin, PreTrainedModel
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from .configuration import CrossLMMConfig
@@ -26,7 +26,8 @@ class CrossLMMPreTrainedModel(PreTrainedModel):
     config_class = CrossLMMConfig
     base_model_prefix = "crosslmm"
     supports_gradient_checkpointing = True
-    _no_split_modules = ["CrossAttentionDecoderLayer", "Qwen2DecoderLayer", "LlamaDecoderLayer", "SiglipEncoderLayer"]
+    # by class name; the layers with a DCAL are instances of their LLM layer's class
+    _no_split_modules = ["Qwen2DecoderLayer", "LlamaDecoderLayer", "SiglipEncoderLayer"]
     _supports_sdpa = True
     _supports_flash_attn = True
     _supports_attention_backend = True
@@ -53,9 +54,10 @@ class CrossLMMPreTrainedModel(PreTrainedModel):
             module.video_separator.normal_(0.0, 1.0 / math.sqrt(module.video_separator.numel()))
 
 
-class CrossLMMForConditionalGeneration(CrossLMMPreTrainedModel):
+class CrossLMMForConditionalGeneration(CrossLMMPreTrainedModel, GenerationMixin):
     """The CrossLMM model. Submodule names follow Hugging Face LLaVA models (``vision_tower``,
-    ``multi_modal_projector``, ``language_model``) so PEFT targets and ``device_map`` understand them."""
+    ``multi_modal_projector``, ``language_model``) so PEFT targets and ``device_map`` understand them.
+    ``generate()`` is transformers' own, with the encoded video carried to every step."""
 
     def __init__(self, config: CrossLMMConfig):
         super().__init__(config)
@@ -66,6 +68,8 @@ class CrossLMMForConditionalGeneration(CrossLMMPreTrainedModel):
         self.language_model = AutoModelForCausalLM.from_config(config.text_config)
         insert_cross_attention(self.language_model, config)
         self.post_init()
+        if self.generation_config is not None:
+            self.generation_config.suppress_tokens = [config.video_token_id]  # the placeholder is never an answer
 
     # ---- plumbing expected by transformers / peft ---------------------------------------------
     def get_input_embeddings(self) -> nn.Module:
@@ -148,6 +152,38 @@ class CrossLMMForConditionalGeneration(CrossLMMPreTrainedModel):
             id_pieces += [ids_b, ids_b.new_full((1,), -1)]
         return torch.cat(pieces), torch.cat(id_pieces)
 
+    # ---- generation -----------------------------------------------------------------------------
+    @torch.no_grad()
+    def generate(
+        self,
+        inputs: torch.Tensor | None = None,
+        generation_config=None,
+        *,
+        pixel_values_videos: torch.Tensor | None = None,
+        num_frames: torch.Tensor | None = None,
+        visual_memory: VisualMemory | None = None,
+        **kwargs,
+    ):
+        """transformers' ``generate`` with the video encoded once (or ``visual_memory``, from
+        :meth:`encode_video`, reused): the memory reaches every decoding step, so T2V acts on every
+        new token, with its keys/values computed at prefill and kept (``cache_kv``)."""
+        if visual_memory is None and pixel_values_videos is not None:
+            visual_memory = self.encode_video(pixel_values_videos.to(self.device), num_frames)
+        if visual_memory is not None:
+            visual_memory.cache_kv = True
+            kwargs["visual_memory"] = visual_memory
+        return super().generate(inputs, generation_config, **kwargs)
+
+    def _expand_inputs_for_generation(self, expand_size=1, is_encoder_decoder=False, input_ids=None, **model_kwargs):
+        # beams and several answers per prompt: each sample's video is repeated with its rows
+        memory = model_kwargs.pop("visual_memory", None)
+        input_ids, model_kwargs = super()._expand_inputs_for_generation(
+            expand_size, is_encoder_decoder, input_ids, **model_kwargs
+        )
+        if memory is not None:
+            model_kwargs["visual_memory"] = memory.repeat_interleave(expand_size) if expand_size > 1 else memory
+        return input_ids, model_kwargs
+
     # ---- forward --------------------------------------------------------------------------------
     def forward(
         self,
@@ -211,15 +247,3 @@ class CrossLMMForConditionalGeneration(CrossLMMPreTrainedModel):
         flat_positions = video_positions.flatten().nonzero().squeeze(1)  # (P,) row-major, same order as tokens
         pooled_positions = flat_positions[frame_ids >= 0].view(-1, self.config.tokens_per_frame)  # (F, g²)
         return inputs_embeds, pooled_positions
-
-
-def load_language_model_state(config: CrossLMMConfig, state_dict: dict, prefix: str = "") -> dict:
-    """Rename a plain ``*ForCausalLM`` state dict to CrossLMM's names (wrapped layers gain ``.layer``)."""
-    wrapped = set(config.cross_attn_layers)
-    renamed = {}
-    for key, value in state_dict.items():
-        parts = key.split(".")
-        if len(parts) > 3 and parts[0] == "model" and parts[1] == "layers" and int(parts[2]) in wrapped:
-            parts.insert(3, "layer")
-        renamed[prefix + ".".join(parts)] = value
-    return renamed

@@ -1,17 +1,17 @@
-"""Turn (frames, chat messages) into model inputs, with the LLM's own chat template."""
+"""Turn (frames, chat messages) into model inputs, with the LLM's own chat template: a transformers
+processor (``AutoProcessor``) holding the tokenizer and a :class:`CrossLMMVideoProcessor`."""
 
 from __future__ import annotations
 
-import json
-import os
 from collections.abc import Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
+from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast, ProcessorMixin
+from transformers.feature_extraction_utils import BatchFeature
 
-from .configuration import CrossLMMConfig
+from .configuration import CrossLMMConfig, video_positions
+from .video_processing import CrossLMMVideoProcessor
 
 VIDEO_TOKEN = "<video>"
 SYSTEM_PROMPT = "You are a helpful assistant."
@@ -53,47 +53,70 @@ def ensure_video_token(tokenizer: PreTrainedTokenizerBase) -> int:
     return tokenizer.convert_tokens_to_ids(VIDEO_TOKEN)
 
 
-class CrossLMMProcessor:
-    """Frames -> normalised pixels; messages -> chat-templated ids with the video placeholder
-    expanded to the LLM positions the video takes (T·g² plus separators), as LLaVA-OneVision's
-    processor does."""
+Conversation = Sequence[dict]
 
-    def __init__(self, tokenizer: PreTrainedTokenizerBase, config: CrossLMMConfig):
-        self.tokenizer = tokenizer
-        self.config = config
-        self.image_size = config.vision_config.image_size
-        self.mean = torch.tensor(config.image_mean).view(1, 3, 1, 1)
-        self.std = torch.tensor(config.image_std).view(1, 3, 1, 1)
+
+class CrossLMMProcessor(ProcessorMixin):
+    """Frames -> normalised pixels (the video processor); prompts -> ids with each video's single
+    ``<video>`` repeated once per LLM position the video takes (T·g² plus separators), as
+    LLaVA-OneVision's processor does. ``tokens_per_frame`` and ``frame_separator`` must be the
+    model's (:meth:`for_model` takes them from its config)."""
+
+    def __init__(
+        self,
+        video_processor: CrossLMMVideoProcessor | None = None,
+        tokenizer: PreTrainedTokenizerBase | None = None,
+        chat_template: str | None = None,
+        tokens_per_frame: int = 9,
+        frame_separator: str = "video",
+        **kwargs,
+    ):
+        self.tokens_per_frame = tokens_per_frame
+        self.frame_separator = frame_separator
+        super().__init__(video_processor, tokenizer, chat_template=chat_template)
+        self.video_token_id = tokenizer.convert_tokens_to_ids(VIDEO_TOKEN)
+
+    @classmethod
+    def for_model(cls, tokenizer: PreTrainedTokenizerBase, config: CrossLMMConfig) -> "CrossLMMProcessor":
+        """The processor of a model with ``config``, around ``tokenizer`` (which must know ``<video>``
+        by the id the config gives it)."""
         if tokenizer.convert_tokens_to_ids(VIDEO_TOKEN) != config.video_token_id:
             raise ValueError(
                 f"tokenizer maps {VIDEO_TOKEN} to {tokenizer.convert_tokens_to_ids(VIDEO_TOKEN)}, "
                 f"config says {config.video_token_id}"
             )
+        video_processor = CrossLMMVideoProcessor(config.vision_config.image_size, config.image_mean, config.image_std)
+        return cls(video_processor, tokenizer, tokens_per_frame=config.tokens_per_frame,
+                   frame_separator=config.frame_separator)
+
+    # transformers finds and checks video processors through registries that exist only with
+    # torchvision installed; this video processor needs none, so its class is named here
+    def check_argument_for_proper_class(self, argument_name, argument):
+        if argument_name == "video_processor":
+            if not isinstance(argument, CrossLMMVideoProcessor):
+                raise TypeError(f"video_processor must be a CrossLMMVideoProcessor, got {type(argument).__name__}")
+            return CrossLMMVideoProcessor
+        return super().check_argument_for_proper_class(argument_name, argument)
 
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike, config: CrossLMMConfig | None = None) -> "CrossLMMProcessor":
-        config = config or CrossLMMConfig.from_pretrained(path)
-        return cls(AutoTokenizer.from_pretrained(path), config)
+    def _get_arguments_from_pretrained(cls, pretrained_model_name_or_path, processor_dict=None, **kwargs):
+        kwargs.pop("_from_auto", None)
+        return [CrossLMMVideoProcessor.from_pretrained(pretrained_model_name_or_path, **kwargs),
+                AutoTokenizer.from_pretrained(pretrained_model_name_or_path, **kwargs)]
 
-    def save_pretrained(self, path: str | os.PathLike) -> None:
-        self.tokenizer.save_pretrained(path)
-        with open(os.path.join(path, "processor_config.json"), "w") as f:
-            json.dump({"processor_class": type(self).__name__, "image_size": self.image_size}, f, indent=2)
+    @property
+    def image_size(self) -> int:
+        return self.video_processor.size
 
-    # ---- pixels ---------------------------------------------------------------------------------
     def preprocess_frames(self, frames: np.ndarray | torch.Tensor) -> torch.Tensor:
-        """frames (T, H, W, 3) uint8 RGB -> (T, 3, S, S) float32, resized (bicubic, antialiased) and
-        normalised with the vision tower's mean/std."""
-        pixels = torch.as_tensor(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float()  # (T, 3, H, W)
-        if pixels.shape[-2:] != (self.image_size, self.image_size):
-            pixels = F.interpolate(pixels, size=(self.image_size, self.image_size), mode="bicubic", antialias=True)
-        pixels = pixels.clamp(0, 255) / 255.0
-        return (pixels - self.mean) / self.std
+        """One video (T, H, W, 3) uint8 RGB -> (T, 3, S, S) float32 (see the video processor)."""
+        return self.video_processor.frames_to_pixels(frames)
 
     # ---- text -----------------------------------------------------------------------------------
-    def render_messages(self, messages: Sequence[dict], add_generation_prompt: bool = True) -> str:
-        """Chat messages -> prompt text. A content may be a string or a list of parts
-        (``{"type": "video"}`` / ``{"type": "text", "text": ...}``); a video part becomes ``<video>\\n``."""
+    def render_messages(self, messages: Conversation, add_generation_prompt: bool = True) -> str:
+        """Chat messages -> prompt text with the tokenizer's chat template. A content may be a string
+        or a list of parts (``{"type": "video"}`` / ``{"type": "text", "text": ...}``); a video part
+        becomes ``<video>\\n``."""
         flat = []
         for message in messages:
             content = message["content"]
@@ -104,43 +127,49 @@ class CrossLMMProcessor:
             flat.append({"role": message["role"], "content": content})
         return self.tokenizer.apply_chat_template(flat, tokenize=False, add_generation_prompt=add_generation_prompt)
 
+    def apply_chat_template(self, conversation: Conversation | Sequence[Conversation], chat_template=None,
+                            add_generation_prompt: bool = False, tokenize: bool = False, **kwargs):
+        """transformers' entry point: messages whose content parts may be videos -> the prompt text(s),
+        one ``<video>`` per video part, for ``processor(text=..., videos=frames)``. crosslmm decodes
+        videos itself (PyAV), so ``tokenize=True`` (which would load them) is not offered."""
+        if tokenize or chat_template is not None:
+            raise ValueError("CrossLMMProcessor.apply_chat_template renders text only (tokenize=False, the "
+                             "tokenizer's template); pass the prompt and the frames to processor(text=..., videos=...)")
+        if conversation and isinstance(conversation[0], dict):
+            return self.render_messages(conversation, add_generation_prompt)
+        return [self.render_messages(messages, add_generation_prompt) for messages in conversation]
+
     def expand_video_placeholder(self, prompt: str, num_frames: int) -> str:
         """Repeat the single ``<video>`` of ``prompt`` once per LLM position of the video."""
         if prompt.count(VIDEO_TOKEN) != 1:
             raise ValueError(f"the prompt must hold exactly one {VIDEO_TOKEN}, found {prompt.count(VIDEO_TOKEN)}")
-        return prompt.replace(VIDEO_TOKEN, VIDEO_TOKEN * self.config.video_positions(num_frames))
+        positions = video_positions(num_frames, self.tokens_per_frame, self.frame_separator)
+        return prompt.replace(VIDEO_TOKEN, VIDEO_TOKEN * positions)
 
     def __call__(
         self,
-        conversations: Sequence[Sequence[dict]] | Sequence[dict],
-        videos: Sequence[np.ndarray | torch.Tensor],
+        text: str | Sequence[str] | Conversation | Sequence[Conversation] | None = None,
+        videos: Sequence[np.ndarray | torch.Tensor] | None = None,
         add_generation_prompt: bool = True,
         padding_side: str = "left",
-    ) -> dict[str, torch.Tensor]:
-        """One conversation (a list of messages) or a batch of them, and one video (T, H, W, 3) per
-        conversation -> input_ids, attention_mask (B, L), pixel_values_videos (B, T_max, 3, S, S)
-        zero-padded, num_frames (B,)."""
-        if conversations and isinstance(conversations[0], dict):
-            conversations = [conversations]
-        if len(conversations) != len(videos):
-            raise ValueError(f"{len(conversations)} conversations but {len(videos)} videos")
-        prompts = [
-            self.expand_video_placeholder(self.render_messages(messages, add_generation_prompt), len(video))
-            for messages, video in zip(conversations, videos)
-        ]
+        return_tensors: str | None = "pt",
+        **kwargs,
+    ) -> BatchFeature:
+        """Prompts (strings holding one ``<video>`` each, or chat conversations, rendered with the
+        chat template) and one video (T, H, W, 3) per prompt -> input_ids, attention_mask (B, L),
+        pixel_values_videos (B, T_max, 3, S, S) zero-padded, num_frames (B,)."""
+        if text is None or videos is None:
+            raise ValueError("CrossLMMProcessor needs text (prompts or conversations) and videos, one per prompt")
+        if isinstance(text, str) or (text and isinstance(text[0], dict)):
+            text = [text]
+        prompts = [item if isinstance(item, str) else self.render_messages(item, add_generation_prompt) for item in text]
+        if len(prompts) != len(videos):
+            raise ValueError(f"{len(prompts)} prompts but {len(videos)} videos")
+        pixels = self.video_processor(videos, return_tensors=return_tensors)
+        prompts = [self.expand_video_placeholder(prompt, int(n)) for prompt, n in zip(prompts, pixels["num_frames"])]
         self.tokenizer.padding_side = padding_side
-        text = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
-        pixels = [self.preprocess_frames(video) for video in videos]
-        num_frames = torch.tensor([len(p) for p in pixels], dtype=torch.long)
-        batch = pixels[0].new_zeros(len(pixels), int(num_frames.max()), *pixels[0].shape[1:])
-        for row, video in zip(batch, pixels):
-            row[: len(video)] = video
-        return {
-            "input_ids": text["input_ids"],
-            "attention_mask": text["attention_mask"],
-            "pixel_values_videos": batch,
-            "num_frames": num_frames,
-        }
+        ids = self.tokenizer(prompts, return_tensors=return_tensors, padding=True, add_special_tokens=False)
+        return BatchFeature({"input_ids": ids["input_ids"], "attention_mask": ids["attention_mask"], **pixels})
 
-    def decode(self, token_ids: Sequence[int]) -> str:
-        return self.tokenizer.decode(token_ids, skip_special_tokens=True)
+    def decode(self, token_ids: Sequence[int], skip_special_tokens: bool = True, **kwargs) -> str:
+        return self.tokenizer.decode(token_ids, skip_special_tokens=skip_special_tokens, **kwargs)

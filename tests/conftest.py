@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from models import build_tiny
+from crosslmm import build_tiny
 from tests.helpers import open_gates
 
 

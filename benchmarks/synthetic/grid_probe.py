@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from crosslmm_cli.finetune.data import collate, tokenize_conversation  # noqa: E402
 from make_data import CELLS, grid, question  # noqa: E402
-from models.builders import build_tiny  # noqa: E402
+from crosslmm.builders import build_tiny  # noqa: E402
 
 
 def sample(rng: random.Random) -> tuple[np.ndarray, int, str]:

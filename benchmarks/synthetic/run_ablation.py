@@ -34,8 +34,8 @@ def crosslmm(*args: str) -> None:
 
 def make_base(path: Path, position_scale: float, cross_attn_every: int) -> None:
     sys.path.insert(0, str(ROOT))
-    from models.builders import build_tiny
-    from models.loading import save_checkpoint
+    from crosslmm.builders import build_tiny
+    from crosslmm.loading import save_checkpoint
 
     model, processor = build_tiny(tokens_per_frame=1, cross_attn_every=cross_attn_every)
     model.vision_tower.embeddings.position_embedding.weight.data *= position_scale

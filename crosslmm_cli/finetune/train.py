@@ -16,8 +16,8 @@ from pathlib import Path
 
 import torch
 
-from models import save_checkpoint
-from models.loading import save_partial_checkpoint
+from crosslmm import save_checkpoint
+from crosslmm.loading import save_partial_checkpoint
 
 from ..checkpoint_files import read_config
 from ..errors import UserError
@@ -25,7 +25,7 @@ from ..model_source import cache_home, is_checkpoint_dir, open_model, pick_devic
 from .data import VideoQADataset, collate, read_folder, video_problem
 
 STAGE_LR = {1: 1e-3, 2: 1e-5}  # paper Table 3 (connector & LLM); the vision tower gets --vision-lr
-LLM_LINEARS = r".*language_model\.model\.layers\.\d+\.(layer\.)?(self_attn|mlp)\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+LLM_LINEARS = r".*language_model\.model\.layers\.\d+\.(self_attn|mlp)\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
 
 
 # Settings a --resume may change: they alter neither the model, nor the data order, nor the schedule.

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from crosslmm_cli.app import app
 from crosslmm_cli.ask import AskSettings, prepare
-from models import CrossLMMConfig, CrossLMMForConditionalGeneration
+from crosslmm import CrossLMMConfig, CrossLMMForConditionalGeneration
 from tests.cli.conftest import BAD_VIDEOS
 
 runner = CliRunner()

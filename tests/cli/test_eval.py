@@ -79,7 +79,7 @@ def lines(path):
 
 def test_videomme_end_to_end(videomme_dir, tiny_checkpoint, tmp_path, monkeypatch, device):
     from crosslmm_cli import video
-    from models import CrossLMMForConditionalGeneration
+    from crosslmm import CrossLMMForConditionalGeneration
 
     decodes, encodes = [], []
     real_read, real_encode = video.read_frames, CrossLMMForConditionalGeneration.encode_frames

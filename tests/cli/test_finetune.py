@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from crosslmm_cli.app import app
 from crosslmm_cli.synthetic_video import index_frames, write_video
-from models.loading import load_model
+from crosslmm.loading import load_model
 
 runner = CliRunner()
 
@@ -277,7 +277,7 @@ def test_gate_init_opens_the_trained_gates(folder, tiny_checkpoint, tmp_path):
 
 def test_decoded_clips_are_cached_up_to_a_byte_budget(folder, monkeypatch):
     from crosslmm_cli.finetune import data
-    from models.builders import build_tiny
+    from crosslmm.builders import build_tiny
 
     decoded = []
     real_read_frames = data.read_frames

@@ -8,7 +8,7 @@ import torch
 from typer.testing import CliRunner
 
 from crosslmm_cli.app import app
-from models import build_tiny, load_checkpoint
+from crosslmm import build_tiny, load_checkpoint
 from tests.helpers import question, random_video
 
 runner = CliRunner()

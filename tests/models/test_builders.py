@@ -13,8 +13,8 @@ from transformers import (
     SiglipVisionModel,
 )
 
-from models import from_llava_onevision, from_parts, load_checkpoint, save_checkpoint
-from models.processing import VIDEO_TOKEN, build_byte_tokenizer
+from crosslmm import from_llava_onevision, from_parts, load_checkpoint, save_checkpoint
+from crosslmm.processing import VIDEO_TOKEN, build_byte_tokenizer
 from tests.helpers import question, random_video
 
 VISION = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, image_size=32, patch_size=8)
@@ -41,7 +41,7 @@ def test_from_parts_loads_vision_and_llm_weights(tmp_path):
     assert model.get_input_embeddings().num_embeddings >= len(processor.tokenizer)
     torch.testing.assert_close(model.vision_tower.state_dict()["embeddings.patch_embedding.weight"],
                                vision.state_dict()["embeddings.patch_embedding.weight"])
-    wrapped = model.language_model.model.layers[1].layer.self_attn.q_proj.weight
+    wrapped = model.language_model.model.layers[1].self_attn.q_proj.weight
     torch.testing.assert_close(wrapped, language.model.layers[1].self_attn.q_proj.weight)
     assert all(layer.cross_attn.t2v.gate.scale.item() == 0 for layer in model.cross_attention_layers())
     batch = processor(question(), [random_video(2)])

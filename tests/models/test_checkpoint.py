@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from models import CrossLMMConfig, CrossLMMForConditionalGeneration, load_checkpoint, save_checkpoint
+from crosslmm import CrossLMMConfig, CrossLMMForConditionalGeneration, load_checkpoint, save_checkpoint
 from tests.helpers import question, random_video
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from models import build_tiny
-from models.cross_attention import CrossAttentionInputs, DualCrossAttention, VisualMemory
+from crosslmm import build_tiny
+from crosslmm.cross_attention import CrossAttentionInputs, DualCrossAttention, VisualMemory
 from tests.helpers import open_gates, question, random_video
 
 
@@ -107,7 +107,7 @@ def test_padding_frames_change_nothing(scope):
 def test_stacked_gqa_equals_repeated_key_value_heads():
     from transformers import Qwen2Config
 
-    from models.cross_attention import CrossAttention
+    from crosslmm.cross_attention import CrossAttention
 
     torch.manual_seed(0)
     module = CrossAttention(Qwen2Config(hidden_size=64, num_attention_heads=8, num_key_value_heads=2))

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from models import PRESETS
-from models.flops import full_token_baseline, prefill_flops
+from crosslmm import PRESETS
+from crosslmm.flops import full_token_baseline, prefill_flops
 
 
 def hand_count(config, frames: int, text: int) -> dict[str, int]:

@@ -12,14 +12,14 @@ from transformers import (
     SiglipVisionConfig,
 )
 
-from models import from_llava_onevision
+from crosslmm import from_llava_onevision
 from tests.helpers import open_gates, question, random_video
 
 
 def bare_llm_from(model) -> Qwen2ForCausalLM:
     """A plain Qwen2ForCausalLM holding the same weights as CrossLMM's language model."""
     state = {
-        key.replace(".layer.", ".", 1): value
+        key: value
         for key, value in model.language_model.state_dict().items()
         if ".cross_attn." not in key
     }
@@ -55,6 +55,26 @@ def test_closed_gates_equal_the_bare_llm(tiny, device):
         bare = bare_model(inputs_embeds=captured["inputs_embeds"], attention_mask=batch["attention_mask"]).logits
     mask = batch["attention_mask"].bool()
     assert (ours - bare)[mask].abs().max() <= tolerance
+
+
+def test_hidden_states_and_attentions_are_the_bare_llms_layer_by_layer(tiny):
+    """One hidden state per decoder layer plus the embeddings, the layers with a DCAL included, and
+    one attention map per layer: with closed gates, each equal to the bare LLM's."""
+    model, processor = tiny
+    model.set_attn_implementation("eager")  # attention maps need eager attention
+    batch = processor(question(), [random_video(3)])
+    captured = capture_llm_inputs(model)
+    bare_model = bare_llm_from(model)
+    bare_model.set_attn_implementation("eager")
+    with torch.no_grad():
+        ours = model(**batch, output_hidden_states=True, output_attentions=True)
+        bare = bare_model(inputs_embeds=captured["inputs_embeds"], output_hidden_states=True, output_attentions=True)
+    layers = model.config.text_config.num_hidden_layers
+    assert model.config.cross_attn_layers  # some of them carry a DCAL
+    assert len(ours.hidden_states) == len(bare.hidden_states) == layers + 1
+    assert len(ours.attentions) == len(bare.attentions) == layers
+    for mine, theirs in zip([*ours.hidden_states, *ours.attentions], [*bare.hidden_states, *bare.attentions]):
+        torch.testing.assert_close(mine, theirs, atol=1e-5, rtol=1e-5)
 
 
 def test_open_gates_differ_from_the_bare_llm(tiny):

@@ -8,9 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from models import PRESETS, build_random, parameter_counts
-from models.pooling import pool_frames
-from models.processing import VIDEO_TOKEN
+from crosslmm import PRESETS, build_random, parameter_counts
+from crosslmm.pooling import pool_frames
+from crosslmm.processing import VIDEO_TOKEN
 from tests.helpers import question, random_video
 
 
@@ -63,9 +63,9 @@ def test_crosslmm_2b_stage_one_is_near_the_papers_43m():
 @pytest.mark.parametrize("separator,per_video", [("none", 0), ("frame", 5), ("video", 1)])
 def test_processor_expands_the_placeholder(tiny, separator, per_video):
     model, processor = tiny
-    processor.config.frame_separator = separator
+    processor.frame_separator = separator
     batch = processor(question("hi"), [random_video(5, height=50, width=70)])
-    assert int((batch["input_ids"] == processor.config.video_token_id).sum()) == 5 * 4 + per_video
+    assert int((batch["input_ids"] == processor.video_token_id).sum()) == 5 * 4 + per_video
     assert batch["pixel_values_videos"].shape == (1, 5, 3, 32, 32)
     assert batch["num_frames"].tolist() == [5]
     text = processor.tokenizer.decode(batch["input_ids"][0])

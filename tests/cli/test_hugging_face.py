@@ -1,0 +1,103 @@
+"""A `crosslmm init` directory is a Hugging Face checkpoint: after `import crosslmm`, transformers'
+Auto classes load it (no remote code), the processor takes chat messages with video parts, and
+`generate()` answers as `crosslmm ask` does; quantised and sharded saves load back with defaults."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoConfig, AutoModel, AutoModelForImageTextToText, AutoProcessor
+from typer.testing import CliRunner
+
+import crosslmm
+from crosslmm import load_checkpoint, load_model, save_checkpoint
+from crosslmm_cli.app import app
+from crosslmm_cli.ask import MAX_SIDE
+from crosslmm_cli.checkpoint_files import weight_files
+from crosslmm_cli.video import SamplingRequest, read_frames
+from tests.helpers import question, random_video
+
+REPOSITORY = Path(__file__).resolve().parents[2]
+
+
+def test_auto_classes_load_an_init_directory(tiny_checkpoint):
+    assert type(AutoConfig.from_pretrained(tiny_checkpoint)) is crosslmm.CrossLMMConfig
+    for auto in (AutoModel, AutoModelForImageTextToText):
+        assert type(auto.from_pretrained(tiny_checkpoint)) is crosslmm.CrossLMMForConditionalGeneration
+    processor = AutoProcessor.from_pretrained(tiny_checkpoint)
+    assert type(processor) is crosslmm.CrossLMMProcessor
+    assert type(processor.video_processor) is crosslmm.CrossLMMVideoProcessor
+    generation = json.loads((tiny_checkpoint / "generation_config.json").read_text())
+    im_end = processor.tokenizer.convert_tokens_to_ids("<|im_end|>")
+    assert im_end in generation["eos_token_id"] and generation["suppress_tokens"] == [processor.video_token_id]
+
+
+def test_hugging_face_generate_answers_as_crosslmm_ask(tiny_checkpoint, videos):
+    """The transformers way (AutoProcessor, apply_chat_template, processor(text, videos), generate,
+    batch_decode) on the frames `ask` samples gives `ask`'s answer."""
+    result = CliRunner().invoke(app, ["ask", str(videos["mp4"]), "What is shown?", "--model", str(tiny_checkpoint),
+                                      "--frames", "4", "--max-new-tokens", "12", "--json"])
+    assert result.exit_code == 0, result.output
+    expected = json.loads(result.stdout)["answer"]
+
+    processor = AutoProcessor.from_pretrained(tiny_checkpoint)
+    model = AutoModelForImageTextToText.from_pretrained(tiny_checkpoint).eval()
+    _, frames = read_frames(videos["mp4"], SamplingRequest(4, max_side=MAX_SIDE))
+    prompt = processor.apply_chat_template(question("What is shown?"), add_generation_prompt=True)
+    inputs = processor(text=prompt, videos=[frames.pixels])
+    sequences = model.generate(**inputs, max_new_tokens=12, do_sample=False)
+    answer = processor.batch_decode(sequences[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)[0]
+    assert answer == expected
+
+
+def test_a_saved_nf4_model_reloads_with_defaults(tiny_checkpoint, tmp_path):
+    quantised, processor = load_checkpoint(tiny_checkpoint, quantize="nf4")
+    save_checkpoint(quantised, processor, tmp_path / "nf4")
+    batch = processor(question(), [random_video(2)])
+    expected = quantised.generate(**batch, max_new_tokens=6, min_new_tokens=6, do_sample=False)
+    for reloaded in (load_model(tmp_path / "nf4"), AutoModelForImageTextToText.from_pretrained(tmp_path / "nf4")):
+        assert reloaded.generate(**batch, max_new_tokens=6, min_new_tokens=6, do_sample=False).tolist() == expected.tolist()
+    with pytest.raises(ValueError, match="already quantised as nf4"):
+        load_model(tmp_path / "nf4", quantize="int8")
+
+
+def test_init_shards_at_the_size_asked_and_the_shards_load(tmp_path, videos):
+    result = CliRunner().invoke(app, ["init", "tiny", str(tmp_path / "sharded"), "--max-shard-size", "200KB"])
+    assert result.exit_code == 0, result.output
+    index = json.loads((tmp_path / "sharded" / "model.safetensors.index.json").read_text())
+    shards = sorted(set(index["weight_map"].values()))
+    assert len(shards) > 1 and all(os.path.getsize(tmp_path / "sharded" / s) <= 200_000 + 70_000 for s in shards)
+    assert [f.name for f in weight_files(tmp_path / "sharded")] == shards
+    whole = CliRunner().invoke(app, ["init", "tiny", str(tmp_path / "whole")])
+    assert whole.exit_code == 0, whole.output
+    for name, tensor in load_model(tmp_path / "whole").state_dict().items():
+        torch.testing.assert_close(load_model(tmp_path / "sharded").state_dict()[name], tensor)
+    bad = CliRunner().invoke(app, ["init", "tiny", str(tmp_path / "bad"), "--max-shard-size", "lots"])
+    assert bad.exit_code == 1 and "--max-shard-size" in bad.output and not (tmp_path / "bad").exists()
+
+
+def test_init_writes_the_dtype_asked(tmp_path):
+    result = CliRunner().invoke(app, ["init", "tiny", str(tmp_path / "bf16"), "--dtype", "bf16"])
+    assert result.exit_code == 0, result.output
+    model = AutoModelForImageTextToText.from_pretrained(tmp_path / "bf16", dtype="auto")
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+
+
+def test_the_tool_and_the_library_import_from_a_folder_with_its_own_models_package(tmp_path):
+    """`models` is the commonest package name in ML repositories; crosslmm must not claim it."""
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "__init__.py").write_text("MINE = True\n")
+    environment = {**os.environ, "PYTHONPATH": ""}
+    run = lambda *args: subprocess.run([sys.executable, *args], cwd=tmp_path, env=environment,  # noqa: E731
+                                       capture_output=True, text=True, timeout=120)
+    help_run = run("-m", "crosslmm_cli.app", "--help")
+    assert help_run.returncode == 0 and "ask" in help_run.stdout, help_run.stderr
+    both = run("-c", "import crosslmm, models; print(models.MINE, crosslmm.CrossLMMForConditionalGeneration.__name__)")
+    assert both.returncode == 0 and both.stdout.split() == ["True", "CrossLMMForConditionalGeneration"], both.stderr
+    assert not (REPOSITORY / "crosslmm").exists()  # the import name comes from packaging, not a folder
