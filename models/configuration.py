@@ -52,7 +52,7 @@ class CrossLMMConfig(PretrainedConfig):
             text_config = dict(text_config)
             text_config = AutoConfig.for_model(text_config.pop("model_type", "qwen2"), **text_config)
         vision_config = copy.deepcopy(vision_config) if vision_config is not None else AutoConfig.for_model("siglip_vision_model")
-        if hasattr(vision_config, "vision_use_head"):
+        if vision_config.model_type == "siglip_vision_model":
             vision_config.vision_use_head = False  # SigLIP's attention-pooling head: unused, 16 M parameters
         self.vision_config = vision_config
         self.text_config = text_config if text_config is not None else AutoConfig.for_model("qwen2")

@@ -157,6 +157,17 @@ def trained_tensor_names(model) -> list[str]:
     return [name for name, p in model.named_parameters() if p.requires_grad]
 
 
+def keep_only(trained: set[str]) -> Callable:
+    """An accelerate save-state hook: checkpoints hold the trained tensors (LoRA adapters, DCALs,
+    projector, ...) with the optimizer state, not the frozen weights, which the base already holds."""
+
+    def hook(models, weights: list[dict], output_dir) -> None:
+        for index, state in enumerate(weights):
+            weights[index] = {name: tensor for name, tensor in state.items() if name.removeprefix("module.") in trained}
+
+    return hook
+
+
 # ---- checkpoints ------------------------------------------------------------------------------------
 CHECKPOINT_NAME = re.compile(r"step-(\d+)")
 TRAINER_STATE = "trainer_state.json"  # written last, before the folder gets its step-N name
@@ -298,7 +309,10 @@ def finetune(settings: FinetuneSettings, report: Callable[[str], None] = lambda 
                                   tokens_per_frame=settings.tokens_per_frame)
     model.train()
     if settings.gradient_checkpointing:
-        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.23's name
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model, groups = configure_stage(model, settings)
     trained = trained_tensor_names(model)
 
@@ -312,10 +326,11 @@ def finetune(settings: FinetuneSettings, report: Callable[[str], None] = lambda 
     optimizer = torch.optim.AdamW(groups, weight_decay=0.0)
     scheduler = get_cosine_schedule_with_warmup(optimizer, int(settings.warmup_ratio * total_steps), total_steps)
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
+    accelerator.register_save_state_pre_hook(keep_only(set(trained)))
 
     step, start_epoch, skip = 0, 0, 0
     if resumed_state is not None:
-        accelerator.load_state(str(last_checkpoint))
+        accelerator.load_state(str(last_checkpoint), strict=False)  # the trained tensors; the rest is the base's
         step, start_epoch, skip = resumed_state["step"], resumed_state["epoch"], resumed_state["batches_in_epoch"]
         report(f"resuming from {last_checkpoint.name} (step {step})")
     settings.output.mkdir(parents=True, exist_ok=True)
@@ -376,7 +391,7 @@ def finetune(settings: FinetuneSettings, report: Callable[[str], None] = lambda 
 
 
 def save_state(accelerator, settings: FinetuneSettings, step: int, epoch: int, batches_in_epoch: int) -> None:
-    """accelerate's full training state (model, optimizer, scheduler, RNG), where the data order
+    """accelerate's training state (trained tensors, optimizer, scheduler, RNG), where the data order
     stands and the run's settings, written under a temporary name and renamed when complete (an
     interrupt mid-save leaves the previous checkpoints as they were); the two newest are kept."""
     final = settings.checkpoints / f"step-{step:06d}"

@@ -10,6 +10,7 @@ import sys
 
 import pytest
 import torch
+from safetensors import safe_open
 from typer.testing import CliRunner
 
 from crosslmm_cli.app import app
@@ -103,11 +104,27 @@ def test_stage_two_lora_trains_adapters_dcal_and_projector(folder, tiny_checkpoi
     assert result.exit_code == 0, result.output
     touched = changed(weights(tiny_checkpoint), weights(out))
     allowed = re.compile(r"multi_modal_projector\..*|video_separator|.*\.cross_attn\.(v2v|t2v)\..*|"
-                         r"language_model\.model\.layers\.\d+\.(layer\.)?(self_attn|mlp)\.\w+_proj\.weight")
+                         r"language_model\.model\.layers\.\d+\.(self_attn|mlp)\.\w+_proj\.weight")
     assert all(allowed.fullmatch(n) for n in touched), sorted(n for n in touched if not allowed.fullmatch(n))
     assert any(".cross_attn.t2v." in n for n in touched)
     assert any(n.endswith("self_attn.q_proj.weight") and "cross_attn" not in n for n in touched)  # LoRA merged in
     assert not any("lora" in n for n in weights(out))
+
+
+def test_lora_checkpoints_hold_the_trained_tensors_and_optimizer_state_only(folder, tiny_checkpoint, tmp_path):
+    out = tmp_path / "lora"
+    result = train(folder, out, "--model", str(tiny_checkpoint), "--max-steps", "2", "--save-every", "2")
+    assert result.exit_code == 0, result.output
+    [checkpoint] = (out / "checkpoints").iterdir()
+    saved = safe_open(str(checkpoint / "model.safetensors"), "pt")
+    trained_bytes = sum(saved.get_tensor(name).numel() * 4 for name in saved.keys())
+    assert any("lora_A" in name for name in saved.keys())
+    assert not any(name.endswith("base_layer.weight") for name in saved.keys())  # frozen weights stay in the base
+    # AdamW keeps two moments per trained value: weights + optimizer state = 3x the trained bytes
+    size = sum(f.stat().st_size for f in checkpoint.iterdir())
+    assert size <= 2 * 3 * trained_bytes
+    base_bytes = sum(f.stat().st_size for f in tiny_checkpoint.glob("*.safetensors"))
+    assert trained_bytes < base_bytes / 2
 
 
 def test_train_vision_opens_the_vision_tower(folder, tiny_checkpoint, tmp_path):
@@ -118,8 +135,10 @@ def test_train_vision_opens_the_vision_tower(folder, tiny_checkpoint, tmp_path):
     assert any(n.startswith("vision_tower.") for n in changed(weights(tiny_checkpoint), weights(out)))
 
 
-def test_resume_continues_from_the_saved_step_with_the_same_data_order(folder, tiny_checkpoint, tmp_path, monkeypatch):
-    common = ["--model", str(tiny_checkpoint), "--full", "--max-steps", "6", "--save-every", "3", "--lr", "1e-3",
+@pytest.mark.parametrize("stage", [["--full"], []], ids=["full", "lora"])
+def test_resume_continues_from_the_saved_step_with_the_same_data_order(folder, tiny_checkpoint, tmp_path, monkeypatch,
+                                                                      stage):
+    common = ["--model", str(tiny_checkpoint), *stage, "--max-steps", "6", "--save-every", "3", "--lr", "1e-3",
               "--no-gradient-checkpointing"]
     straight = tmp_path / "straight"
     assert train(folder, straight, *common).exit_code == 0
