@@ -162,7 +162,8 @@ class AnswerStream:
                 if cut is not None:
                     pending = pending[:cut]
                     break
-                ready, pending = (pending[: len(pending) - hold], pending[len(pending) - hold:]) if hold else (pending, "")
+                split = len(pending) - hold  # a stop string may begin in the last `hold` characters
+                ready, pending = pending[:split], pending[split:]
                 if ready:
                     emitted.append(ready)
                     yield ready

@@ -49,7 +49,7 @@ def saved_quantization(config: CrossLMMConfig) -> str | None:
     return "nf4" if saved.get("load_in_4bit") else "int8"
 
 
-def _saved_compute_dtype(config: CrossLMMConfig) -> torch.dtype:
+def _saved_dtype(config: CrossLMMConfig) -> torch.dtype:
     """The dtype a quantised model was saved in (its unquantised parts and the compute dtype)."""
     name = str(getattr(config, "dtype", None) or "bfloat16")
     return getattr(torch, name.removeprefix("torch."))
@@ -88,7 +88,7 @@ def load_model(
         # quantised when saved: transformers applies the saved quantisation, in its compute dtype
         if quantize not in ("none", saved):
             raise ValueError(f"{path} holds weights already quantised as {saved}; load it with quantize={saved!r} or 'none'")
-        quant, dtype = None, dtype or _saved_compute_dtype(config)
+        quant, dtype = None, dtype or _saved_dtype(config)
     else:
         quant = quantization_config(quantize, compute_dtype=dtype or torch.bfloat16)
         if quant is not None and dtype is None:
