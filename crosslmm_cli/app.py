@@ -190,6 +190,53 @@ def ask(
                 stderr.print(line, highlight=False)
 
 
+@app.command()
+@user_errors
+def serve(
+    media_root: Annotated[Path, typer.Option(readable=False, help="the only folder videos and images are read from")],
+    model: Annotated[str, typer.Option(help="preset name, checkpoint directory or hub id")] = "crosslmm-ov-0.5b",
+    host: Annotated[str, typer.Option(help="address to listen on (loopback by default; others need --api-key)")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="port to listen on")] = 8000,
+    api_key: Annotated[Optional[str], typer.Option(envvar="CROSSLMM_API_KEY", help="require 'Authorization: Bearer KEY'")] = None,
+    served_model_name: Annotated[Optional[str], typer.Option(help="the model name clients send (default: --model's last part)")] = None,
+    allow_remote_media: Annotated[bool, typer.Option(help="also fetch http(s) video and image URLs")] = False,
+    frames: Annotated[int, typer.Option(help="frames sampled per video unless a request says otherwise")] = 32,
+    tokens_per_frame: Annotated[Optional[int], typer.Option(help="pooled tokens per frame")] = None,
+    quantize: Annotated[Optional[str], typer.Option(help="nf4 | int8 | none (default: nf4 on CUDA, none on CPU)")] = None,
+    device: Annotated[Optional[str], typer.Option(help="cuda, cuda:N or cpu (default: cuda when present)")] = None,
+    max_tokens: Annotated[int, typer.Option(help="answer length when a request gives no max_tokens")] = 512,
+    max_queue: Annotated[int, typer.Option(help="requests queued or running before 429 Retry-After")] = 32,
+    video_cache_mb: Annotated[float, typer.Option(help="memory for encoded videos (least recently used evicted)")] = 4096,
+    prefix_cache_mb: Annotated[float, typer.Option(help="memory for reused prompt keys/values")] = 2048,
+    max_request_mb: Annotated[float, typer.Option(help="largest request body")] = 32,
+    max_prompt_tokens: Annotated[Optional[int], typer.Option(help="longest prompt, video included (default: the model's context)")] = None,
+) -> None:
+    """Serve the model over HTTP with OpenAI's chat-completions API; each video is decoded and
+    encoded once, and follow-up questions reuse the conversation's keys/values."""
+    from .ask import AskSettings, prepare_model
+    from .serve.engine import Engine
+    from .serve.server import run
+    from .serve.settings import ServeSettings
+
+    settings = ServeSettings(model=model, media_root=media_root, host=host, port=port, api_key=api_key,
+                             served_model_name=served_model_name, allow_remote_media=allow_remote_media, frames=frames,
+                             tokens_per_frame=tokens_per_frame, quantize=quantize, device=device, max_tokens=max_tokens,
+                             max_queue=max_queue, video_cache_mb=video_cache_mb, prefix_cache_mb=prefix_cache_mb,
+                             max_request_mb=max_request_mb, max_prompt_tokens=max_prompt_tokens)
+    settings.check_port_free()
+    if not settings.loopback and settings.api_key is None:
+        stderr.print(f"[yellow]warning:[/] listening on {host} without --api-key: anyone who can reach this "
+                     "machine can use the model", highlight=False)
+    quiet_libraries()
+    with stderr.status("starting") as status:
+        loading = AskSettings(model=model, tokens_per_frame=tokens_per_frame, quantize=quantize, device=device)
+        loaded, processor, _ = prepare_model(loading, status=lambda text: status.update(text))
+    engine = Engine(loaded, processor, settings)
+    stderr.print(f"[green]serving[/] {settings.served_model_name} on http://{host}:{port}/v1 "
+                 f"(media root {settings.media_root})", highlight=False)
+    run(engine)
+
+
 @app.command("eval")
 @user_errors
 def evaluate(

@@ -111,8 +111,13 @@ class AnswerStream:
     """The answer to one conversation (batch of 1) as text pieces, yielded as ``generate()`` produces
     them; a stop string and what follows it are cut. Leaving the loop early stops generation.
 
-    Once iteration ends: ``token_ids`` (EOS excluded), ``text`` and ``first_token_at``
-    (``time.perf_counter()`` when the first token was produced)."""
+    ``past_key_values`` (a cache holding the keys/values of a prefix of ``inputs``, e.g. a shared
+    system prompt and video) skips recomputing that prefix; generation extends it in place.
+
+    Once iteration ends: ``token_ids`` (EOS excluded), ``text``, ``first_token_at``
+    (``time.perf_counter()`` when the first token was produced), ``finish_reason`` ("stop": an EOS
+    or a stop string ended it; "length": ``max_new_tokens`` did) and ``cache`` (the keys/values of
+    the prompt and of every answer token but the last)."""
 
     def __init__(
         self,
@@ -121,11 +126,15 @@ class AnswerStream:
         inputs: dict[str, torch.Tensor],
         memory: VisualMemory | None,
         settings: SamplingSettings,
+        past_key_values=None,
     ):
         self.model, self.processor, self.inputs, self.memory, self.settings = model, processor, inputs, memory, settings
+        self.past_key_values = past_key_values
         self.token_ids: list[int] = []
         self.text = ""
         self.first_token_at: float | None = None
+        self.finish_reason: str | None = None
+        self.cache = None
 
     def __iter__(self) -> Iterator[str]:
         tokenizer = self.processor.tokenizer
@@ -134,18 +143,22 @@ class AnswerStream:
         cancel = threading.Event()
         outcome: dict = {}
 
+        config = self.settings.generation_config(self.model.generation_config, eos)
+        config.return_dict_in_generate = True  # for the cache
+
         def run() -> None:
             try:
                 if self.settings.seed is not None:
                     torch.manual_seed(self.settings.seed)
-                outcome["sequences"] = self.model.generate(
+                outcome["output"] = self.model.generate(
                     input_ids=self.inputs["input_ids"].to(self.model.device),
                     attention_mask=self.inputs["attention_mask"].to(self.model.device),
                     visual_memory=self.memory,
-                    generation_config=self.settings.generation_config(self.model.generation_config, eos),
+                    generation_config=config,
                     streamer=streamer,
                     stopping_criteria=StoppingCriteriaList([_Cancelled(cancel)]),
                     tokenizer=tokenizer,  # for stop strings
+                    past_key_values=self.past_key_values,
                 )
             except BaseException as error:  # handed to the reading thread
                 outcome["error"] = error
@@ -154,13 +167,13 @@ class AnswerStream:
         worker = threading.Thread(target=run, name="crosslmm-generate", daemon=True)
         worker.start()
         stops, hold = self.settings.stop, max((len(s) for s in self.settings.stop), default=1) - 1
-        pending, emitted = "", []
+        pending, emitted, stopped = "", [], False
         try:
             for piece in streamer:
                 pending += piece
                 cut = _cut_at_stop(pending, stops)
                 if cut is not None:
-                    pending = pending[:cut]
+                    pending, stopped = pending[:cut], True
                     break
                 split = len(pending) - hold  # a stop string may begin in the last `hold` characters
                 ready, pending = pending[:split], pending[split:]
@@ -175,10 +188,14 @@ class AnswerStream:
             worker.join()
         if "error" in outcome:
             raise outcome["error"]
-        new = outcome["sequences"][0, self.inputs["input_ids"].shape[1]:].tolist()
+        new = outcome["output"].sequences[0, self.inputs["input_ids"].shape[1]:].tolist()
+        ended_by_eos = bool(new) and new[-1] in eos
         while new and new[-1] in eos:  # the EOS that ended the answer, and padding
             new.pop()
         self.token_ids, self.text, self.first_token_at = new, "".join(emitted), streamer.first_token_at
+        self.cache = outcome["output"].past_key_values
+        at_limit = not (stopped or ended_by_eos) and len(new) >= self.settings.max_new_tokens
+        self.finish_reason = "length" if at_limit else "stop"
 
 
 def stream_answer(model, processor, inputs, memory, settings) -> Iterator[str]:

@@ -1,0 +1,323 @@
+"""The one model behind the server: requests become jobs (checked, media located), their media are
+decoded once and encoded once (:class:`EncodedVideo`, kept in a memory-bounded LRU), and answers are
+generated one job at a time on a single worker thread that owns the GPU, reusing cached prompt
+prefixes. A bounded number of jobs may wait; a client that leaves stops its job."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import torch
+from crosslmm import AnswerStream, SamplingSettings
+from crosslmm.cross_attention import VisualMemory
+
+from ..ask import MAX_SIDE
+from ..errors import UserError
+from ..video import SamplingRequest, read_frames
+from .budget_lru import BudgetLru
+from .media import Media, MediaResolver, image_frames
+from .prefix_cache import PrefixCache
+from .protocol import ApiError, ChatCompletionRequest
+from .settings import ServeSettings
+
+log = logging.getLogger("crosslmm.serve")
+
+
+@dataclass
+class EncodedVideo:
+    """A request's video: its decoded frames until the worker encodes them, then the encoded memory."""
+
+    num_frames: int
+    frames: np.ndarray | None = None  # (T, H, W, 3) uint8 RGB
+    memory: VisualMemory | None = None
+
+    def nbytes(self) -> int:
+        if self.memory is None:
+            return self.frames.nbytes
+        memory = self.memory
+        kv = sum(k.nbytes + v.nbytes for k, v in memory.t2v_kv.values())
+        return memory.pooled.nbytes + memory.originals.nbytes + kv
+
+
+@dataclass
+class Job:
+    """One chat-completion request on its way through the engine."""
+
+    messages: list[dict]  # rendered by the processor's chat template; a media part is {"type": "video"}
+    media: Media | None
+    frames_request: SamplingRequest | None
+    sampling: SamplingSettings
+    n: int
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    # filled by Engine.load
+    video_key: tuple | None = None
+    video: EncodedVideo | None = None
+    video_cache_hit: bool | None = None
+    inputs: dict | None = None
+    video_end: int = 0  # the prompt position after the last video token
+    timings: dict = field(default_factory=dict)
+    _ticket: Ticket | None = None
+
+    @property
+    def prompt_ids(self) -> list[int]:
+        return self.inputs["input_ids"][0].tolist()
+
+
+@dataclass
+class Piece:
+    index: int  # the choice
+    text: str
+
+
+@dataclass
+class Finished:
+    answers: list[tuple[str, str, int]]  # (text, finish_reason, tokens) per choice
+    prompt_tokens: int
+    cached_tokens: int
+
+
+@dataclass
+class Failed:
+    error: ApiError
+
+
+class Ticket:
+    """A place in the engine's bounded queue, given back once (when the job ends or is refused)."""
+
+    def __init__(self, engine: Engine):
+        self.engine, self.released = engine, False
+
+    def release(self) -> None:
+        with self.engine._lock:
+            if not self.released:
+                self.released = True
+                self.engine.admitted -= 1
+
+
+class Engine:
+    def __init__(self, model, processor, settings: ServeSettings):
+        self.model, self.processor, self.settings = model, processor, settings
+        self.name = settings.served_model_name
+        self.media = MediaResolver(settings.media_root, settings.allow_remote_media,
+                                   int(settings.max_remote_media_mb * 2**20))
+        self.videos: BudgetLru[EncodedVideo] = BudgetLru(int(settings.video_cache_mb * 2**20), EncodedVideo.nbytes)
+        self.prefixes = PrefixCache(int(settings.prefix_cache_mb * 2**20))
+        self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="crosslmm-gpu")
+        self.context = model.config.text_config.max_position_embeddings
+        self.max_prompt_tokens = min(settings.max_prompt_tokens or self.context, self.context)
+        self._lock = threading.Lock()
+        self._decode_locks = [threading.Lock() for _ in range(64)]  # one video is decoded by one request at a time
+        self.admitted = 0
+        self.seconds_per_job = 1.0  # running mean, for Retry-After
+        self.stats = {"requests": 0, "video_cache_hits": 0, "video_cache_misses": 0, "videos_decoded": 0,
+                      "videos_encoded": 0, "prompt_tokens": 0, "cached_prompt_tokens": 0, "completion_tokens": 0}
+
+    # ---- admission ------------------------------------------------------------------------------
+    def admit(self) -> Ticket:
+        """A place in the queue, or 429 with a Retry-After estimate when it is full."""
+        with self._lock:
+            if self.admitted >= self.settings.max_queue:
+                wait = max(1, min(120, math.ceil(self.seconds_per_job * self.admitted)))
+                raise ApiError(429, f"the server is busy: {self.admitted} requests are queued or running; retry in "
+                                    f"about {wait}s", type="rate_limit_error", code="queue_full",
+                               headers={"Retry-After": str(wait)})
+            self.admitted += 1
+            self.stats["requests"] += 1
+        return Ticket(self)
+
+    # ---- a request becomes a job (no decoding yet) ----------------------------------------------
+    def plan(self, request: ChatCompletionRequest) -> Job:
+        if request.model not in (self.name, self.settings.model):
+            raise ApiError(404, f"the model {request.model!r} does not exist on this server; it serves {self.name!r}",
+                           code="model_not_found", param="model")
+        messages, found = [], []
+        for message in request.messages:
+            role = "system" if message.role == "developer" else message.role
+            content = message.content or ""
+            if isinstance(content, list):
+                parts = []
+                for part in content:
+                    if part.type == "text":
+                        parts.append({"type": "text", "text": part.text or ""})
+                        continue
+                    if role != "user":
+                        raise ApiError(400, f"a {part.type} part belongs in a user message, not a {message.role} one",
+                                       param="messages")
+                    found.append((part.type, part.payload().url))
+                    parts.append({"type": "video"})
+                content = parts
+            messages.append({"role": role, "content": content})
+        if len(found) > 1:
+            raise ApiError(400, f"CrossLMM reads one video or image per conversation; this one has {len(found)}",
+                           param="messages")
+        frames_request = self._frames_request(request) if found and found[0][0] == "video_url" else None
+        try:
+            sampling = SamplingSettings(
+                max_new_tokens=request.max_completion_tokens or request.max_tokens or self.settings.max_tokens,
+                temperature=request.temperature or 0.0, top_p=request.top_p or 1.0,
+                top_k=max(request.top_k or 0, 0), repetition_penalty=request.repetition_penalty or 1.0,
+                stop=tuple(request.stop or ()), seed=request.seed,
+            )
+        except ValueError as error:
+            raise ApiError(400, str(error)) from None
+        media = None  # located last: a download is the slowest check
+        if found:
+            media = self.media.resolve(found[0][1], "video" if frames_request is not None else "image")
+        return Job(messages, media, frames_request, sampling, request.n)
+
+    def _frames_request(self, request: ChatCompletionRequest) -> SamplingRequest:
+        options = request.video_sampling
+        try:
+            if options is None:
+                return SamplingRequest(self.settings.frames, max_side=MAX_SIDE)
+            return SamplingRequest(options.frames or self.settings.frames, options.fps, options.start, options.end,
+                                   options.seek or "auto", max_side=MAX_SIDE)
+        except UserError as error:
+            raise ApiError(400, str(error).replace("--", "video_sampling."), param="video_sampling") from None
+
+    # ---- decoding and the prompt (request threads, in parallel with the worker) -------------------
+    def load(self, job: Job) -> None:
+        """Decode the job's media unless encoded or decoded already, and tokenize its prompt."""
+        if job.media is not None:
+            key = (job.media.identity, _frames_key(job.frames_request))
+            began = time.perf_counter()
+            try:
+                with self._decode_locks[int(hashlib.sha1(repr(key).encode()).hexdigest(), 16) % 64]:
+                    video = self.videos.get(key)  # encoded, or decoded and waiting for the worker to encode it
+                    job.video_cache_hit = video is not None
+                    if video is None:
+                        video = self._decode(job.media, job.frames_request)
+                        self.videos.put(key, video)
+                        with self._lock:
+                            self.stats["videos_decoded"] += 1
+            finally:
+                if job.media.temporary:
+                    job.media.path.unlink(missing_ok=True)
+            with self._lock:
+                self.stats["video_cache_hits" if job.video_cache_hit else "video_cache_misses"] += 1
+            job.timings["decode_s"] = 0.0 if job.video_cache_hit else round(time.perf_counter() - began, 4)
+            job.video_key, job.video = key, video
+        prompt = self.processor.render_messages(job.messages, add_generation_prompt=True)
+        if job.video is not None:
+            prompt = self.processor.expand_video_placeholder(prompt, job.video.num_frames)
+        job.inputs = self.processor.tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
+        ids = job.inputs["input_ids"][0]
+        length = len(ids)
+        if length > self.max_prompt_tokens:
+            raise ApiError(400, f"the prompt is {length:,} tokens (video included); this server takes at most "
+                                f"{self.max_prompt_tokens:,}: shorten the conversation or sample fewer frames",
+                           code="context_length_exceeded", param="messages")
+        if length + job.sampling.max_new_tokens > self.context:
+            raise ApiError(400, f"the prompt ({length:,} tokens) and max_tokens ({job.sampling.max_new_tokens:,}) exceed "
+                                f"the model's context of {self.context:,} tokens; lower max_tokens",
+                           code="context_length_exceeded", param="max_tokens")
+        video_positions = (ids == self.model.config.video_token_id).nonzero()
+        job.video_end = int(video_positions[-1]) + 1 if len(video_positions) else 0
+
+    @staticmethod
+    def _decode(media: Media, request: SamplingRequest | None) -> EncodedVideo:
+        if media.kind == "image":
+            frames = image_frames(media, MAX_SIDE)
+        else:
+            try:
+                _, sampled = read_frames(media.path, request)
+            except UserError as error:
+                raise ApiError(400, f"cannot read the video: {error}", code="invalid_media") from None
+            frames = sampled.pixels
+        return EncodedVideo(num_frames=len(frames), frames=frames)
+
+    # ---- generation (the worker thread) ---------------------------------------------------------
+    def submit(self, job: Job, ticket: Ticket, emit) -> None:
+        """Queue ``job`` for the worker; ``emit`` gets :class:`Piece`, then :class:`Finished` or :class:`Failed`."""
+        job._ticket = ticket
+        self.worker.submit(self._run, job, emit)
+
+    def _run(self, job: Job, emit) -> None:
+        began = time.perf_counter()
+        try:
+            if job.cancelled.is_set():
+                return
+            memory = self._encoded(job)
+            answers, cached_tokens = [], 0
+            for index in range(job.n):
+                sampling = job.sampling
+                if sampling.seed is not None and index:
+                    sampling = replace(sampling, seed=sampling.seed + index)  # n samples, not n copies
+                cache, cached = self.prefixes.lookup(job.video_key, job.prompt_ids, job.video_end)
+                cached_tokens = cached_tokens if index else cached
+                stream = AnswerStream(self.model, self.processor, job.inputs, memory, sampling, past_key_values=cache)
+                pieces = iter(stream)
+                try:
+                    for piece in pieces:
+                        if job.cancelled.is_set():
+                            return
+                        emit(Piece(index, piece))
+                finally:
+                    pieces.close()  # stops generation when the client left
+                self.prefixes.store(job.video_key, job.prompt_ids + stream.token_ids, stream.cache)
+                answers.append((stream.text, stream.finish_reason, len(stream.token_ids)))
+            if memory is not None:
+                self.videos.put(job.video_key, job.video)  # count the T2V keys/values it gained
+            prompt_tokens = len(job.prompt_ids)
+            with self._lock:
+                self.stats["prompt_tokens"] += prompt_tokens
+                self.stats["cached_prompt_tokens"] += cached_tokens
+                self.stats["completion_tokens"] += sum(tokens for _, _, tokens in answers)
+            emit(Finished(answers, prompt_tokens, cached_tokens))
+        except ApiError as error:
+            emit(Failed(error))
+        except Exception as error:  # the client gets one line; the server log keeps the traceback
+            log.exception("generation failed")
+            emit(Failed(ApiError(500, f"generation failed ({type(error).__name__}); see the server log",
+                                 type="server_error", code="internal_error")))
+        finally:
+            job._ticket.release()
+            with self._lock:
+                self.seconds_per_job = 0.8 * self.seconds_per_job + 0.2 * (time.perf_counter() - began)
+
+    def _encoded(self, job: Job) -> VisualMemory | None:
+        video = job.video
+        if video is None:
+            return None
+        if video.memory is None:  # the first job to reach the worker with this video encodes it
+            began = time.perf_counter()
+            device = self.model.get_input_embeddings().weight.device
+            dtype = self.model.multi_modal_projector.linear_1.weight.dtype
+            pixels = self.processor.preprocess_frames(video.frames)[None].to(device=device, dtype=dtype)
+            with torch.inference_mode():
+                video.memory = self.model.encode_video(pixels, cache_kv=True)
+            video.frames = None
+            self.videos.put(job.video_key, video)
+            with self._lock:
+                self.stats["videos_encoded"] += 1
+            job.timings["vision_s"] = round(time.perf_counter() - began, 4)
+        return video.memory
+
+    def health(self) -> dict:
+        with self._lock:
+            stats = dict(self.stats)
+        looked_up = stats["video_cache_hits"] + stats["video_cache_misses"]
+        return {
+            "status": "ok", "model": self.name, "queued_or_running": self.admitted, "max_queue": self.settings.max_queue,
+            **stats,
+            "video_cache_hit_rate": round(stats["video_cache_hits"] / looked_up, 4) if looked_up else None,
+            "video_cache": {"entries": len(self.videos), "mb": round(self.videos.total_bytes / 2**20, 2),
+                            "evictions": self.videos.evictions},
+            "prefix_cache": {"entries": len(self.prefixes), "mb": round(self.prefixes.total_bytes / 2**20, 2)},
+        }
+
+    def close(self) -> None:
+        self.worker.shutdown(wait=True, cancel_futures=True)
+
+
+def _frames_key(request: SamplingRequest | None) -> tuple | None:
+    if request is None:
+        return None
+    return (request.num_frames, request.fps, request.start, request.end, request.seek, request.max_side)

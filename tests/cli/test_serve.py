@@ -1,0 +1,473 @@
+"""`crosslmm serve` on a loopback port, talked to with the official `openai` client (and raw HTTP
+where the client cannot send the mistake). Answers are checked against `crosslmm ask` and against
+transformers' own generate() over the whole conversation, never against the server itself."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+
+import cv2
+import numpy as np
+import openai
+import pytest
+from crosslmm import load_checkpoint, save_checkpoint
+from openai import OpenAI
+from transformers import AutoModelForImageTextToText, AutoProcessor
+from typer.testing import CliRunner
+
+from crosslmm_cli.app import app
+from crosslmm_cli.ask import MAX_SIDE, AskSettings, prepare_model
+from crosslmm_cli.serve.budget_lru import BudgetLru
+from crosslmm_cli.serve.engine import Engine
+from crosslmm_cli.serve.media import MediaResolver
+from crosslmm_cli.serve.protocol import ApiError
+from crosslmm_cli.serve.server import create_app
+from crosslmm_cli.serve.settings import ServeSettings
+from crosslmm_cli.synthetic_video import index_frames, write_video
+from crosslmm_cli.video import SamplingRequest, read_frames
+from tests.helpers import open_gates
+
+KEY = "test-key"
+FRAMES = 4
+TOKENS = 10
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tiny_checkpoint, tmp_path_factory):
+    """The tiny model with its cross-attention gates open, so the video changes every answer."""
+    model, processor = load_checkpoint(tiny_checkpoint)
+    open_gates(model, 0.7)
+    path = tmp_path_factory.mktemp("served") / "tiny"
+    save_checkpoint(model, processor, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def media(tmp_path_factory):
+    root = tmp_path_factory.mktemp("media")
+    write_video(root / "a.mp4", index_frames(50), (128, 128), 25, "libx264", 10)
+    (root / "sub").mkdir()
+    write_video(root / "sub" / "b.mp4", index_frames(40, 96, 128), (128, 96), 25, "libx264", 10)
+    image = np.random.default_rng(0).integers(0, 256, (48, 64, 3), dtype=np.uint8)
+    cv2.imwrite(str(root / "still.png"), image)
+    (root / "notes.mp4").write_text("not a video\n")
+    outside = tmp_path_factory.mktemp("outside")
+    write_video(outside / "secret.mp4", index_frames(20), (64, 64), 25, "libx264")
+    (root / "escape.mp4").symlink_to(outside / "secret.mp4")
+    return root
+
+
+@contextmanager
+def running(engine: Engine):
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(create_app(engine), host="127.0.0.1", port=engine.settings.port,
+                                           log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{engine.settings.port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+def make_engine(checkpoint, media, **options) -> Engine:
+    settings = ServeSettings(model=str(checkpoint), media_root=media, port=free_port(), frames=FRAMES, **options)
+    model, processor, _ = prepare_model(AskSettings(model=str(checkpoint)))
+    return Engine(model, processor, settings)
+
+
+@pytest.fixture(scope="module")
+def server(checkpoint, media):
+    engine = make_engine(checkpoint, media, api_key=KEY)
+    calls = {"forward": 0}
+    engine.model.register_forward_hook(lambda *_: calls.__setitem__("forward", calls["forward"] + 1))
+    with running(engine) as url:
+        yield url, engine, calls
+
+
+@pytest.fixture
+def client(server):
+    return OpenAI(base_url=server[0] + "/v1", api_key=KEY, max_retries=0, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def reference(checkpoint):
+    """transformers' own route, no server: AutoProcessor, generate() over the whole conversation."""
+    processor = AutoProcessor.from_pretrained(checkpoint)
+    model = AutoModelForImageTextToText.from_pretrained(checkpoint).eval()
+
+    def answer(messages: list[dict], frames: np.ndarray) -> str:
+        prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
+        inputs = processor(text=prompt, videos=[frames])
+        sequences = model.generate(**inputs, max_new_tokens=TOKENS, do_sample=False)
+        return processor.batch_decode(sequences[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)[0]
+
+    return answer
+
+
+def video_part(url: str) -> dict:
+    return {"type": "video_url", "video_url": {"url": url}}
+
+
+def ask_video(url: str, text: str) -> list[dict]:
+    return [{"role": "user", "content": [video_part(url), {"type": "text", "text": text}]}]
+
+
+def as_template(messages: list[dict]) -> list[dict]:
+    """The same conversation as the processor's chat template takes it."""
+    return [{"role": m["role"], "content": m["content"] if isinstance(m["content"], str) else [
+        {"type": "video"} if part["type"] != "text" else part for part in m["content"]]} for m in messages]
+
+
+def frames_of(path: Path, count: int = FRAMES) -> np.ndarray:
+    return read_frames(path, SamplingRequest(count, max_side=MAX_SIDE))[1].pixels
+
+
+# ---- answers --------------------------------------------------------------------------------------
+
+def test_models_lists_the_served_model(client):
+    assert [model.id for model in client.models.list().data] == ["tiny"]
+
+
+def test_a_video_question_is_answered_as_crosslmm_ask(client, checkpoint, media):
+    result = CliRunner().invoke(app, ["ask", str(media / "sub" / "b.mp4"), "What is shown?", "--model", str(checkpoint),
+                                      "--frames", str(FRAMES), "--max-new-tokens", str(TOKENS), "--json"])
+    assert result.exit_code == 0, result.output
+    expected = json.loads(result.stdout)
+    response = client.chat.completions.create(model="tiny", messages=ask_video("sub/b.mp4", "What is shown?"),
+                                              max_tokens=TOKENS, temperature=0)
+    assert response.choices[0].message.content == expected["answer"]
+    assert response.usage.prompt_tokens == expected["tokens"]["prompt"]
+    assert response.usage.completion_tokens == expected["tokens"]["generated"]
+
+
+def test_a_streamed_answer_equals_the_whole_answer(client):
+    messages = ask_video("a.mp4", "Describe it.")
+    whole = client.chat.completions.create(model="tiny", messages=messages, max_tokens=TOKENS)
+    chunks = list(client.chat.completions.create(model="tiny", messages=messages, max_tokens=TOKENS, stream=True,
+                                                 stream_options={"include_usage": True}))
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == whole.choices[0].message.content
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == whole.choices[0].finish_reason
+    assert chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
+
+
+def test_a_follow_up_reuses_the_encoded_video_and_the_prefix(client, server, media, reference):
+    _, engine, _ = server
+    first_messages = ask_video(f"file://{media / 'a.mp4'}", "What happens first?")
+    first = client.chat.completions.with_raw_response.create(
+        model="tiny", messages=first_messages, max_tokens=TOKENS,
+        extra_body={"video_sampling": {"frames": 3}})  # a sampling no other test uses: not yet encoded
+    assert first.headers["x-crosslmm-video-cache"] == "miss"
+    answer = first.parse().choices[0].message.content
+    assert answer == reference(as_template(first_messages), frames_of(media / "a.mp4", 3))
+
+    follow_messages = first_messages + [{"role": "assistant", "content": answer},
+                                        {"role": "user", "content": "And then?"}]
+    follow = client.chat.completions.with_raw_response.create(
+        model="tiny", messages=follow_messages, max_tokens=TOKENS, extra_body={"video_sampling": {"frames": 3}})
+    assert follow.headers["x-crosslmm-video-cache"] == "hit"
+    parsed = follow.parse()
+    video_end = 1 + max(i for i, t in enumerate(engine.processor(as_template(follow_messages),
+                        [frames_of(media / "a.mp4", 3)])["input_ids"][0].tolist()) if t == engine.model.config.video_token_id)
+    assert parsed.usage.prompt_tokens_details.cached_tokens >= video_end  # the video was not prefilled again
+    assert parsed.model_extra["crosslmm"]["video_cache"] == "hit"
+    assert parsed.choices[0].message.content == reference(as_template(follow_messages), frames_of(media / "a.mp4", 3))
+
+
+def test_a_changed_file_is_read_again(client, media, tmp_path):
+    moving = media / "moving.mp4"
+    write_video(moving, index_frames(30), (64, 64), 25, "libx264")
+    messages = ask_video("moving.mp4", "What?")
+    assert client.chat.completions.with_raw_response.create(
+        model="tiny", messages=messages, max_tokens=2).headers["x-crosslmm-video-cache"] == "miss"
+    write_video(moving, index_frames(36, 64, 80), (80, 64), 25, "libx264")
+    assert client.chat.completions.with_raw_response.create(
+        model="tiny", messages=messages, max_tokens=2).headers["x-crosslmm-video-cache"] == "miss"
+
+
+@pytest.mark.parametrize("as_data_url", [True, False])
+def test_an_image_is_a_one_frame_video(client, media, reference, as_data_url):
+    url = "still.png"
+    if as_data_url:
+        url = "data:image/png;base64," + base64.b64encode((media / "still.png").read_bytes()).decode()
+    messages = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}},
+                                             {"type": "text", "text": "What colour?"}]}]
+    response = client.chat.completions.create(model="tiny", messages=messages, max_tokens=TOKENS)
+    frame = cv2.cvtColor(cv2.imread(str(media / "still.png")), cv2.COLOR_BGR2RGB)[None]
+    assert response.choices[0].message.content == reference(as_template(messages), frame)
+    assert response.model_extra["crosslmm"]["frames"] == 1
+
+
+def test_a_system_message_and_n_answers(client, media):
+    messages = [{"role": "system", "content": "Answer briefly."}] + ask_video("a.mp4", "Why?")
+    response = client.chat.completions.create(model="tiny", messages=messages, max_tokens=4, n=2, temperature=0.9,
+                                              seed=3)
+    again = client.chat.completions.create(model="tiny", messages=messages, max_tokens=4, n=2, temperature=0.9, seed=3)
+    assert [c.index for c in response.choices] == [0, 1]
+    assert [c.message.content for c in response.choices] == [c.message.content for c in again.choices]
+    assert response.choices[0].finish_reason == "length"
+
+
+def test_concurrent_clients_get_the_answers_of_one_at_a_time(server, media):
+    url = server[0]
+    questions = [(video, text) for video in ("a.mp4", "sub/b.mp4") for text in ("Who?", "Where is it?")]
+    alone = OpenAI(base_url=url + "/v1", api_key=KEY, max_retries=0)
+
+    def ask(job):
+        video, text = job
+        return alone.chat.completions.create(model="tiny", messages=ask_video(video, text), max_tokens=6,
+                                             extra_body={"video_sampling": {"frames": 2}}).choices[0].message.content
+
+    expected = [ask(q) for q in questions]
+    with ThreadPoolExecutor(4) as pool:
+        together = list(pool.map(ask, questions * 3))
+    assert together == expected * 3
+
+
+def test_a_client_that_leaves_stops_its_generation(server, media):
+    url, engine, calls = server
+    request = urllib.request.Request(url + "/v1/chat/completions", method="POST", headers={
+        "Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}, data=json.dumps({
+            "model": "tiny", "messages": ask_video("a.mp4", "Tell a long story."), "max_tokens": 3000,
+            "stream": True, "repetition_penalty": 1.0}).encode())
+    before = calls["forward"]
+    with urllib.request.urlopen(request, timeout=30) as response:
+        for _ in range(3):
+            response.readline()
+    deadline = time.monotonic() + 20
+    while engine.admitted and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert engine.admitted == 0
+    assert not any(t.name == "crosslmm-generate" and t.is_alive() for t in threading.enumerate())
+    assert calls["forward"] - before < 3000 / 2  # stopped long before max_tokens
+
+
+def test_a_full_queue_answers_429_with_retry_after(server, client):
+    _, engine, _ = server
+    tickets = []
+    try:
+        while True:
+            tickets.append(engine.admit())
+    except ApiError:
+        pass
+    try:
+        with pytest.raises(openai.RateLimitError) as refused:
+            client.chat.completions.create(model="tiny", messages=ask_video("a.mp4", "Hi?"), max_tokens=2)
+        assert int(refused.value.response.headers["retry-after"]) >= 1
+        assert refused.value.body["code"] == "queue_full"
+    finally:
+        for ticket in tickets:
+            ticket.release()
+    assert client.chat.completions.create(model="tiny", messages=ask_video("a.mp4", "Hi?"), max_tokens=2).choices
+
+
+# ---- refusals -------------------------------------------------------------------------------------
+
+def raw(url: str, body: bytes, key: str | None = KEY) -> tuple[int, dict]:
+    headers = {"Content-Type": "application/json"} | ({"Authorization": f"Bearer {key}"} if key else {})
+    request = urllib.request.Request(url + "/v1/chat/completions", data=body, method="POST", headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def assert_openai_error(body: dict, *words: str) -> None:
+    assert set(body) == {"error"} and {"message", "type", "code"} <= set(body["error"])
+    assert all(word in body["error"]["message"] for word in words), body
+
+
+@pytest.mark.parametrize("url, status, words", [
+    ("file:///etc/passwd", 403, ["outside the server's media root"]),
+    ("../a.mp4", 403, ["'..' is not allowed"]),
+    ("sub/../../a.mp4", 403, ["'..' is not allowed"]),
+    ("escape.mp4", 403, ["symbolic link leading out"]),
+    ("/etc/hostname", 403, ["outside the server's media root"]),
+    ("notes.mp4", 400, ["cannot read the video", "not a readable video"]),
+    ("missing.mp4", 400, ["no such file under the media root"]),
+    ("sub", 400, ["a directory"]),
+    ("https://example.com/v.mp4", 403, ["--allow-remote-media"]),
+    ("ftp://example.com/v.mp4", 400, ["unsupported URL scheme"]),
+])
+def test_media_outside_the_root_or_unreadable_is_refused(server, url, status, words):
+    code, body = raw(server[0], json.dumps({"model": "tiny", "messages": ask_video(url, "What?")}).encode())
+    assert code == status
+    assert_openai_error(body, *words)
+
+
+@pytest.mark.parametrize("body, status, words", [
+    (b'{"model": "tiny", "messages": [', 400, ["not valid JSON"]),
+    (b'[1, 2]', 400, ["JSON object"]),
+    (json.dumps({"model": "tiny", "messages": ask_video("a.mp4", "?"), "max_tokens": -5}).encode(), 400, ["max_tokens"]),
+    (json.dumps({"model": "gpt-4o", "messages": ask_video("a.mp4", "?")}).encode(), 404, ["'gpt-4o' does not exist"]),
+    (json.dumps({"model": "tiny", "messages": []}).encode(), 400, ["messages"]),
+    (json.dumps({"model": "tiny", "messages": ask_video("a.mp4", "?"), "temperature": 7}).encode(), 400, ["temperature"]),
+    (json.dumps({"model": "tiny", "messages": ask_video("a.mp4", "?"), "presence_penalty": 1}).encode(), 400,
+     ["not supported"]),
+    (json.dumps({"model": "tiny", "messages": ask_video("a.mp4", "?"), "video_sampling": {"start": 5, "end": 1}}).encode(),
+     400, ["video_sampling.end"]),
+    (json.dumps({"model": "tiny", "messages": ask_video("a.mp4", "?") + ask_video("sub/b.mp4", "?")}).encode(), 400,
+     ["one video or image per conversation"]),
+    (json.dumps({"model": "tiny", "messages": ask_video("a.mp4", "?"), "max_tokens": 10**6}).encode(), 400,
+     ["context"]),
+    (json.dumps({"model": "tiny", "messages": [{"role": "user", "content": [{"type": "video_url"}]}]}).encode(), 400,
+     ["video_url"]),
+])
+def test_bad_requests_get_openai_shaped_4xx(server, body, status, words):
+    code, answer = raw(server[0], body)
+    assert code == status
+    assert_openai_error(answer, *words)
+
+
+def test_a_request_without_the_api_key_is_refused(server):
+    for key in (None, "wrong"):
+        code, body = raw(server[0], json.dumps({"model": "tiny", "messages": ask_video("a.mp4", "?")}).encode(), key)
+        assert code == 401
+        assert_openai_error(body, "API key")
+    with pytest.raises(openai.AuthenticationError):
+        OpenAI(base_url=server[0] + "/v1", api_key="wrong", max_retries=0).models.list()
+    with urllib.request.urlopen(server[0] + "/health") as response:  # liveness stays open
+        assert json.loads(response.read())["status"] == "ok"
+
+
+def test_an_oversized_request_is_refused_before_its_body_is_read(server):
+    import http.client
+
+    connection = http.client.HTTPConnection("127.0.0.1", int(server[0].rsplit(":", 1)[1]), timeout=30)
+    connection.putrequest("POST", "/v1/chat/completions")
+    for name, value in (("Authorization", f"Bearer {KEY}"), ("Content-Type", "application/json"),
+                        ("Content-Length", str(33 * 2**20))):
+        connection.putheader(name, value)
+    connection.endheaders(b'{"model": "tiny", "messages": [')
+    response = connection.getresponse()
+    assert response.status == 413
+    assert_openai_error(json.loads(response.read()), "at most")
+    connection.close()
+
+
+def test_an_unknown_endpoint_is_an_openai_shaped_404(server):
+    request = urllib.request.Request(server[0] + "/v1/completions", data=b"{}", method="POST")
+    with pytest.raises(urllib.error.HTTPError) as error:
+        urllib.request.urlopen(request)
+    assert error.value.code == 404
+    assert_openai_error(json.loads(error.value.read()), "no such endpoint")
+
+
+# ---- parts ----------------------------------------------------------------------------------------
+
+def test_remote_media_are_fetched_only_when_allowed_and_within_the_size_bound(media, tmp_path):
+    import functools
+    import http.server
+
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(media))
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{httpd.server_address[1]}/a.mp4"
+    try:
+        with pytest.raises(ApiError, match="--allow-remote-media"):
+            MediaResolver(media).resolve(url, "video")
+        fetched = MediaResolver(media, allow_remote=True).resolve(url, "video")
+        assert fetched.path.read_bytes() == (media / "a.mp4").read_bytes() and fetched.temporary
+        fetched.path.unlink()
+        with pytest.raises(ApiError, match="larger than") as error:
+            MediaResolver(media, allow_remote=True, max_remote_bytes=1000).resolve(url, "video")
+        assert error.value.status == 413
+    finally:
+        httpd.shutdown()
+
+
+def test_the_lru_keeps_within_its_budget_and_evicts_the_least_recently_used():
+    cache = BudgetLru(10, len)
+    cache.put("a", "xxxx")
+    cache.put("b", "xxxx")
+    assert cache.get("a") == "xxxx"  # now b is the least recently used
+    cache.put("c", "xxxx")
+    assert (cache.get("a"), cache.get("b"), cache.get("c")) == ("xxxx", None, "xxxx")
+    assert cache.total_bytes == 8 and cache.evictions == 1
+    cache.put("d", "x" * 11)  # larger than the budget: not kept, nothing evicted for it
+    assert cache.get("d") is None and len(cache) == 2
+
+
+def test_a_small_video_cache_evicts_and_answers_stay_right(checkpoint, media, server):
+    one_video = max(video.nbytes() for _, video in server[1].videos.items() if video.memory is not None)
+    engine = make_engine(checkpoint, media, video_cache_mb=1.5 * one_video / 2**20)  # room for one encoded video
+    with running(engine) as url:
+        client = OpenAI(base_url=url + "/v1", api_key="none", max_retries=0)
+
+        def ask(video):
+            return client.chat.completions.with_raw_response.create(model="tiny", messages=ask_video(video, "?"),
+                                                                    max_tokens=4)
+        first = ask("a.mp4")
+        ask("sub/b.mp4")
+        again = ask("a.mp4")
+        assert again.headers["x-crosslmm-video-cache"] == "miss"  # evicted by b
+        assert again.parse().choices[0].message.content == first.parse().choices[0].message.content
+        assert len(engine.videos) == 1 and engine.videos.evictions >= 2
+    engine.close()
+
+
+# ---- the command ----------------------------------------------------------------------------------
+
+def test_serve_refuses_bad_flags_in_one_line_before_loading(tmp_path, media):
+    runner = CliRunner()
+    result = runner.invoke(app, ["serve", "--media-root", str(tmp_path / "nope"), "--model", "/no/such"])
+    assert result.exit_code == 1 and "--media-root" in result.output and "Traceback" not in result.output
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        result = runner.invoke(app, ["serve", "--media-root", str(media), "--port", str(taken.getsockname()[1])])
+    assert result.exit_code == 1 and "in use" in result.output
+
+
+def test_crosslmm_serve_starts_answers_and_stops(checkpoint, media):
+    port = free_port()
+    env = os.environ | {"OMP_WAIT_POLICY": "PASSIVE"}
+    process = subprocess.Popen([sys.executable, "-m", "crosslmm_cli.app", "serve", "--model", str(checkpoint),
+                                "--media-root", str(media), "--port", str(port), "--frames", "2"],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert process.poll() is None, process.stdout.read()
+            assert time.monotonic() < deadline, "the server did not come up"
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1):
+                    break
+            except OSError:
+                time.sleep(0.2)
+        client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", max_retries=0)
+        answer = client.chat.completions.create(model="tiny", messages=ask_video("a.mp4", "?"), max_tokens=3)
+        assert answer.usage.completion_tokens >= 1
+    finally:
+        process.send_signal(signal.SIGINT)
+        output = process.communicate(timeout=30)[0]
+    assert process.returncode == 0, output
+    assert "Traceback" not in output
