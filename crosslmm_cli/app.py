@@ -195,7 +195,7 @@ def ask(
 def serve(
     media_root: Annotated[Path, typer.Option(readable=False, help="the only folder videos and images are read from")],
     model: Annotated[str, typer.Option(help="preset name, checkpoint directory or hub id")] = "crosslmm-ov-0.5b",
-    host: Annotated[str, typer.Option(help="address to listen on (loopback by default; others need --api-key)")] = "127.0.0.1",
+    host: Annotated[str, typer.Option(help="address to listen on (loopback by default; set --api-key before exposing it)")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="port to listen on")] = 8000,
     api_key: Annotated[Optional[str], typer.Option(envvar="CROSSLMM_API_KEY", help="require 'Authorization: Bearer KEY'")] = None,
     served_model_name: Annotated[Optional[str], typer.Option(help="the model name clients send (default: --model's last part)")] = None,

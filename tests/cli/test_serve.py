@@ -234,6 +234,16 @@ def test_a_system_message_and_n_answers(client, media):
     assert response.choices[0].finish_reason == "length"
 
 
+def test_a_stop_string_ends_the_answer_before_it(client):
+    messages = ask_video("a.mp4", "Count.")
+    whole = client.chat.completions.create(model="tiny", messages=messages, max_tokens=TOKENS).choices[0]
+    assert len(whole.message.content) >= 2
+    stop = whole.message.content[1]
+    cut = client.chat.completions.create(model="tiny", messages=messages, max_tokens=TOKENS, stop=[stop]).choices[0]
+    assert cut.message.content == whole.message.content[:whole.message.content.find(stop)]
+    assert cut.finish_reason == "stop"
+
+
 def test_concurrent_clients_get_the_answers_of_one_at_a_time(server, media):
     url = server[0]
     questions = [(video, text) for video in ("a.mp4", "sub/b.mp4") for text in ("Who?", "Where is it?")]
