@@ -8,9 +8,11 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from crosslmm import QUANTIZE_MODES, AnswerStream, SamplingSettings
+from crosslmm.cross_attention import VisualMemory
 
 from .errors import UserError
 from .model_source import open_model, pick_device
@@ -95,15 +97,7 @@ class VideoChat:
         self.messages: list[dict] = []
         if settings.system is not None:
             self.messages.append({"role": "system", "content": settings.system})
-        device = model.get_input_embeddings().weight.device
-        dtype = model.multi_modal_projector.linear_1.weight.dtype
-        self.pixels = processor.preprocess_frames(frames.pixels)[None].to(device=device, dtype=dtype)  # (1, T, 3, S, S)
-        synchronize(device)
-        began = time.perf_counter()
-        with torch.inference_mode():
-            self.memory = model.encode_video(self.pixels, cache_kv=True)
-        synchronize(device)
-        self.vision_seconds = time.perf_counter() - began
+        self.pixels, self.memory, self.vision_seconds = encode_video_frames(model, processor, frames.pixels)
         self.video_positions = model.config.video_positions(len(frames.timestamps))
 
     def ask(self, question: str, on_piece: Callable[[str], None] | None = None) -> Answer:
@@ -146,9 +140,21 @@ class VideoChat:
             self.messages = conversation
 
     def _inputs(self) -> dict[str, torch.Tensor]:
-        prompt = self.processor.render_messages(self.messages, add_generation_prompt=True)
-        prompt = self.processor.expand_video_placeholder(prompt, len(self.frames.timestamps))
-        return self.processor.tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
+        return self.processor.chat_inputs(self.messages, len(self.frames.timestamps))
+
+
+def encode_video_frames(model, processor, frames: np.ndarray) -> tuple[torch.Tensor, VisualMemory, float]:
+    """One video's frames (T, H, W, 3) uint8 RGB -> its pixels on the model's device (1, T, 3, S, S),
+    the encoded video (T2V keys/values kept for every later question) and the vision seconds."""
+    device = model.get_input_embeddings().weight.device
+    dtype = model.multi_modal_projector.linear_1.weight.dtype
+    pixels = processor.preprocess_frames(frames)[None].to(device=device, dtype=dtype)
+    synchronize(device)
+    began = time.perf_counter()
+    with torch.inference_mode():
+        memory = model.encode_video(pixels, cache_kv=True)
+    synchronize(device)
+    return pixels, memory, time.perf_counter() - began
 
 
 def synchronize(device: torch.device) -> None:

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast, ProcessorMixin
+from transformers import AutoTokenizer, BatchEncoding, PreTrainedTokenizerBase, PreTrainedTokenizerFast, ProcessorMixin
 from transformers.feature_extraction_utils import BatchFeature
 
 from .configuration import CrossLMMConfig, video_positions
@@ -145,6 +145,14 @@ class CrossLMMProcessor(ProcessorMixin):
             raise ValueError(f"the prompt must hold exactly one {VIDEO_TOKEN}, found {prompt.count(VIDEO_TOKEN)}")
         positions = video_positions(num_frames, self.tokens_per_frame, self.frame_separator)
         return prompt.replace(VIDEO_TOKEN, VIDEO_TOKEN * positions)
+
+    def chat_inputs(self, messages: Conversation, num_frames: int | None = None) -> BatchEncoding:
+        """One conversation, ready for its answer -> input_ids, attention_mask (1, L); its video part,
+        if any, expanded for ``num_frames`` frames (pixels are the caller's: see :meth:`preprocess_frames`)."""
+        prompt = self.render_messages(messages, add_generation_prompt=True)
+        if num_frames is not None:
+            prompt = self.expand_video_placeholder(prompt, num_frames)
+        return self.tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
 
     def __call__(
         self,

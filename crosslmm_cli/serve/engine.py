@@ -11,14 +11,14 @@ import math
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import astuple, dataclass, field, replace
 
 import numpy as np
-import torch
+
 from crosslmm import AnswerStream, SamplingSettings
 from crosslmm.cross_attention import VisualMemory
 
-from ..ask import MAX_SIDE
+from ..ask import MAX_SIDE, encode_video_frames
 from ..errors import UserError
 from ..video import SamplingRequest, read_frames
 from .budget_lru import BudgetLru
@@ -62,12 +62,9 @@ class Job:
     video_cache_hit: bool | None = None
     inputs: dict | None = None
     video_end: int = 0  # the prompt position after the last video token
+    prompt_ids: list[int] = field(default_factory=list)  # inputs' ids as a list (prefix matching)
     timings: dict = field(default_factory=dict)
     _ticket: Ticket | None = None
-
-    @property
-    def prompt_ids(self) -> list[int]:
-        return self.inputs["input_ids"][0].tolist()
 
 
 @dataclass
@@ -186,7 +183,7 @@ class Engine:
     def load(self, job: Job) -> None:
         """Decode the job's media unless encoded or decoded already, and tokenize its prompt."""
         if job.media is not None:
-            key = (job.media.identity, _frames_key(job.frames_request))
+            key = (job.media.identity, job.frames_request and astuple(job.frames_request))
             began = time.perf_counter()
             try:
                 with self._decode_locks[int(hashlib.sha1(repr(key).encode()).hexdigest(), 16) % 64]:
@@ -204,11 +201,9 @@ class Engine:
                 self.stats["video_cache_hits" if job.video_cache_hit else "video_cache_misses"] += 1
             job.timings["decode_s"] = 0.0 if job.video_cache_hit else round(time.perf_counter() - began, 4)
             job.video_key, job.video = key, video
-        prompt = self.processor.render_messages(job.messages, add_generation_prompt=True)
-        if job.video is not None:
-            prompt = self.processor.expand_video_placeholder(prompt, job.video.num_frames)
-        job.inputs = self.processor.tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
+        job.inputs = self.processor.chat_inputs(job.messages, job.video.num_frames if job.video else None)
         ids = job.inputs["input_ids"][0]
+        job.prompt_ids = ids.tolist()
         length = len(ids)
         if length > self.max_prompt_tokens:
             raise ApiError(400, f"the prompt is {length:,} tokens (video included); this server takes at most "
@@ -287,17 +282,12 @@ class Engine:
         if video is None:
             return None
         if video.memory is None:  # the first job to reach the worker with this video encodes it
-            began = time.perf_counter()
-            device = self.model.get_input_embeddings().weight.device
-            dtype = self.model.multi_modal_projector.linear_1.weight.dtype
-            pixels = self.processor.preprocess_frames(video.frames)[None].to(device=device, dtype=dtype)
-            with torch.inference_mode():
-                video.memory = self.model.encode_video(pixels, cache_kv=True)
+            _, video.memory, seconds = encode_video_frames(self.model, self.processor, video.frames)
             video.frames = None
             self.videos.put(job.video_key, video)
             with self._lock:
                 self.stats["videos_encoded"] += 1
-            job.timings["vision_s"] = round(time.perf_counter() - began, 4)
+            job.timings["vision_s"] = round(seconds, 4)
         return video.memory
 
     def health(self) -> dict:
@@ -315,9 +305,3 @@ class Engine:
 
     def close(self) -> None:
         self.worker.shutdown(wait=True, cancel_futures=True)
-
-
-def _frames_key(request: SamplingRequest | None) -> tuple | None:
-    if request is None:
-        return None
-    return (request.num_frames, request.fps, request.start, request.end, request.seek, request.max_side)

@@ -86,7 +86,6 @@ def create_app(engine: Engine) -> FastAPI:
         return await answer(request, job, events, headers)
 
     async def answer(request: Request, job: Job, events: asyncio.Queue, headers: dict) -> JSONResponse:
-        texts: list[list[str]] = [[] for _ in range(job.n)]
         try:
             while True:
                 try:
@@ -96,11 +95,9 @@ def create_app(engine: Engine) -> FastAPI:
                         job.cancelled.set()
                         return JSONResponse({}, status_code=499)
                     continue
-                if isinstance(event, Piece):
-                    texts[event.index].append(event.text)
-                elif isinstance(event, Failed):
+                if isinstance(event, Failed):
                     raise event.error
-                else:
+                if isinstance(event, Finished):  # pieces are for streams; the answers come whole
                     answers = [(text, reason) for text, reason, _ in event.answers]
                     body = completion(completion_id(), engine.name, answers, usage_of(event), extension(job))
                     return JSONResponse(body, headers=headers)

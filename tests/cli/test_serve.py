@@ -234,9 +234,10 @@ def test_a_system_message_and_n_answers(client, media):
     assert response.choices[0].finish_reason == "length"
 
 
-def test_a_stop_string_ends_the_answer_before_it(client):
+def test_a_stop_string_ends_the_answer_before_it(client, media, reference):
     messages = ask_video("a.mp4", "Count.")
     whole = client.chat.completions.create(model="tiny", messages=messages, max_tokens=TOKENS).choices[0]
+    assert whole.message.content == reference(as_template(messages), frames_of(media / "a.mp4"))
     assert len(whole.message.content) >= 2
     stop = whole.message.content[1]
     cut = client.chat.completions.create(model="tiny", messages=messages, max_tokens=TOKENS, stop=[stop]).choices[0]
@@ -426,7 +427,7 @@ def test_the_lru_keeps_within_its_budget_and_evicts_the_least_recently_used():
     assert cache.get("d") is None and len(cache) == 2
 
 
-def test_a_small_video_cache_evicts_and_answers_stay_right(checkpoint, media, server):
+def test_a_small_video_cache_evicts_and_answers_stay_right(checkpoint, media, server, reference):
     one_video = max(video.nbytes() for _, video in server[1].videos.items() if video.memory is not None)
     engine = make_engine(checkpoint, media, video_cache_mb=1.5 * one_video / 2**20)  # room for one encoded video
     with running(engine) as url:
@@ -434,12 +435,13 @@ def test_a_small_video_cache_evicts_and_answers_stay_right(checkpoint, media, se
 
         def ask(video):
             return client.chat.completions.with_raw_response.create(model="tiny", messages=ask_video(video, "?"),
-                                                                    max_tokens=4)
+                                                                    max_tokens=TOKENS)
         first = ask("a.mp4")
         ask("sub/b.mp4")
         again = ask("a.mp4")
         assert again.headers["x-crosslmm-video-cache"] == "miss"  # evicted by b
-        assert again.parse().choices[0].message.content == first.parse().choices[0].message.content
+        expected = reference(as_template(ask_video("a.mp4", "?")), frames_of(media / "a.mp4"))
+        assert first.parse().choices[0].message.content == again.parse().choices[0].message.content == expected
         assert len(engine.videos) == 1 and engine.videos.evictions >= 2
     engine.close()
 
