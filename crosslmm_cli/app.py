@@ -317,6 +317,8 @@ def finetune(
     quantize: Annotated[str, typer.Option(help="nf4: QLoRA (4-bit LLM under LoRA adapters) | none")] = "none",
     gate_init: Annotated[Optional[float], typer.Option(help="open the trained gates to tanh(x) first (default: as they are)")] = None,
     device: Annotated[Optional[str], typer.Option(help="cuda or cpu (default: cuda when present)")] = None,
+    workers: Annotated[Optional[int], typer.Option(help="processes decoding videos ahead of the step (default: the "
+                                                        "cores left per training process, at most 8; 0: none)")] = None,
 ) -> None:
     """Train CrossLMM on a folder of videos and annotations (the paper's Stage I or II); runs
     unchanged under torchrun / accelerate launch."""
@@ -328,6 +330,7 @@ def finetune(
         grad_accum=grad_accum, epochs=epochs, max_steps=max_steps, frames=frames, tokens_per_frame=tokens_per_frame,
         seed=seed, save_every=save_every, strict=strict, merge=merge, resume=resume,
         gradient_checkpointing=gradient_checkpointing, quantize=quantize, gate_init=gate_init, device=device,
+        workers=workers,
     )
     writable_folder(output, "--output")
     quiet_libraries()
@@ -340,6 +343,8 @@ def finetune(
 
         summary = train(settings, report=lambda line: stderr.print(f"[yellow]{line}[/]", highlight=False),
                         progress=progress)
+    if summary is None:  # a process other than the main one
+        return
     stderr.print(f"[green]trained[/] {summary['steps']} steps on {summary['rows']} rows "
                  f"({summary['skipped_rows']} skipped); {summary['trained_parameters']:,} trained parameters; "
                  f"saved {summary['saved']} to {output}", highlight=False)

@@ -1,6 +1,8 @@
-"""Test helpers: tiny inputs made on the fly."""
+"""Test helpers: tiny inputs made on the fly, a free loopback port."""
 
 from __future__ import annotations
+
+import socket
 
 import numpy as np
 import torch
@@ -23,3 +25,9 @@ def random_video(frames: int, height: int = 24, width: int = 40, seed: int = 0) 
 
 def question(text: str = "What happens in the video?") -> list[dict]:
     return [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": text}]}]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import av
 import torch
 from torch.utils.data import Dataset
 
@@ -137,17 +138,10 @@ def read_folder(folder: Path, check_videos: Callable | None = None) -> FolderRep
     return report
 
 
-def video_problem(video: Path) -> str | None:
-    """Why ``video`` cannot be trained on, or None."""
-    from ..video import probe
-
-    if not video.exists():
-        return f"video {video.name} is missing"
-    try:
-        probe(video)
-    except UserError as error:
-        return str(error)
-    return None
+def video_missing(video: Path) -> str | None:
+    """The up-front check: a stat per video, so a mistyped path is named before the model loads.
+    Whether the file decodes is found out by the loader's workers, when the video is first read."""
+    return None if video.is_file() else f"video {video.name} is missing"
 
 
 def tokenize_conversation(processor, messages: list[dict], num_frames: int) -> tuple[list[int], list[int]]:
@@ -180,14 +174,26 @@ def tokenize_conversation(processor, messages: list[dict], num_frames: int) -> t
     return ids, labels
 
 
+# After this many different videos in a row that do not decode, the folder is wrong, not one file.
+GIVE_UP_AFTER = 64
+
+
 class VideoQADataset(Dataset):
-    """Rows -> {input_ids, labels, pixels (T, 3, S, S)}. Decoded clips are kept, least recently used
-    first out, up to ``cache_bytes``: decoding, not the model, is what a small model waits on."""
+    """Rows -> {input_ids, labels, pixels (T, 3, S, S), problems}. Runs in each DataLoader worker
+    (a copy per worker): decoded clips are kept, least recently used first out, up to ``cache_bytes``
+    per copy, since decoding, not the model, is what a small model waits on.
+
+    A row whose video does not decode is skipped: the next row (in annotation order) stands in for
+    it, so a batch stays full and every process of a distributed run gets as many batches; the
+    skipped row comes back as (line, what is wrong) in ``problems`` for the training process to
+    report. A video found bad is not decoded again by that copy; after GIVE_UP_AFTER different bad
+    videos in a row the sample comes back without pixels and the run stops."""
 
     def __init__(self, rows: list[Row], processor, frames: int, cache_bytes: int = 2 << 30):
         self.rows, self.processor, self.frames = rows, processor, frames
         self.cache: OrderedDict[Path, torch.Tensor] = OrderedDict()
         self.cache_bytes, self.cached_bytes = cache_bytes, 0
+        self.bad: dict[Path, str] = {}
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -204,15 +210,37 @@ class VideoQADataset(Dataset):
             self.cached_bytes -= self.cache.popitem(last=False)[1].nbytes
         return pixels
 
+    def readable_pixels(self, video: Path) -> torch.Tensor | None:
+        if video not in self.bad:
+            try:
+                return self.pixels(video)
+            except (UserError, OSError, av.FFmpegError) as error:
+                self.bad[video] = str(error)
+        return None
+
     def __getitem__(self, index: int) -> dict:
-        row = self.rows[index]
-        pixels = self.pixels(row.video)
-        ids, labels = tokenize_conversation(self.processor, row.messages, len(pixels))
-        return {"input_ids": torch.tensor(ids), "labels": torch.tensor(labels), "pixels": pixels}
+        problems, failed = [], set()
+        for offset in range(len(self.rows)):
+            row = self.rows[(index + offset) % len(self.rows)]
+            pixels = self.readable_pixels(row.video)
+            if pixels is not None:
+                ids, labels = tokenize_conversation(self.processor, row.messages, len(pixels))
+                return {"input_ids": torch.tensor(ids), "labels": torch.tensor(labels), "pixels": pixels,
+                        "problems": problems}
+            problems.append((row.line, self.bad[row.video]))
+            failed.add(row.video)
+            if len(failed) == GIVE_UP_AFTER:
+                break
+        return {"pixels": None, "problems": problems}  # collate marks the batch unreadable
 
 
 def collate(batch: list[dict], pad_token_id: int) -> dict[str, torch.Tensor]:
-    """Right-pad ids (labels with IGNORE_INDEX) and videos (zero frames, counted in num_frames)."""
+    """Right-pad ids (labels with IGNORE_INDEX) and videos (zero frames, counted in num_frames);
+    ``problems`` lists the rows skipped for this batch (the training loop takes it out). A batch
+    for which no readable video was found is only {"problems", "unreadable": True}."""
+    problems = [problem for item in batch for problem in item["problems"]]
+    if any(item["pixels"] is None for item in batch):
+        return {"problems": problems, "unreadable": True}
     longest = max(len(item["input_ids"]) for item in batch)
     frames = max(len(item["pixels"]) for item in batch)
     input_ids = torch.full((len(batch), longest), pad_token_id, dtype=torch.long)
@@ -225,4 +253,5 @@ def collate(batch: list[dict], pad_token_id: int) -> dict[str, torch.Tensor]:
         pixels[row, : len(item["pixels"])] = item["pixels"]
     num_frames = torch.tensor([len(item["pixels"]) for item in batch])
     return {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask,
-            "pixel_values_videos": pixels, "num_frames": num_frames}
+            "pixel_values_videos": pixels, "num_frames": num_frames,
+            "problems": problems}

@@ -11,7 +11,6 @@ import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 
 import torch
@@ -22,14 +21,16 @@ from crosslmm.loading import save_partial_checkpoint
 from ..checkpoint_files import read_config
 from ..errors import UserError
 from ..model_source import cache_home, is_checkpoint_dir, open_model, pick_device
-from .data import VideoQADataset, collate, read_folder, video_problem
+from .data import read_folder, video_missing
+from .loader import default_workers, make_loader, share_cores, take_problems
+from .sharding import check_sharding, unsharded_model
 
 STAGE_LR = {1: 1e-3, 2: 1e-5}  # paper Table 3 (connector & LLM); the vision tower gets --vision-lr
 LLM_LINEARS = r".*language_model\.model\.layers\.\d+\.(self_attn|mlp)\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
 
 
 # Settings a --resume may change: they alter neither the model, nor the data order, nor the schedule.
-RESUME_MAY_CHANGE = ("save_every", "strict", "merge", "resume", "gradient_checkpointing", "device")
+RESUME_MAY_CHANGE = ("save_every", "strict", "merge", "resume", "gradient_checkpointing", "device", "workers")
 
 
 def refuse_output_over_input(output: Path, source: Path, name: str) -> None:
@@ -72,6 +73,7 @@ class FinetuneSettings:
     quantize: str = "none"  # "nf4": QLoRA, the LLM's decoder linears in 4 bits under LoRA adapters
     gate_init: float | None = None  # set the trained gates' tanh argument first (None: keep them, 0 when new)
     device: str | None = None
+    workers: int | None = None  # DataLoader worker processes decoding ahead (None: one per core, at most 8)
 
     def __post_init__(self):
         if self.stage not in (1, 2):
@@ -91,6 +93,8 @@ class FinetuneSettings:
                 raise UserError(f"--{name.replace('_', '-')} must be >= 1")
         if self.max_steps is not None and self.max_steps < 1:
             raise UserError("--max-steps must be >= 1")
+        if self.workers is not None and self.workers < 0:
+            raise UserError(f"--workers must be >= 0 (0 decodes in the training process), got {self.workers}")
         self.lr = self.lr or STAGE_LR[self.stage]
         self.device = pick_device(self.device)
         inputs = {"the data folder": self.folder}
@@ -149,7 +153,10 @@ def configure_stage(model, settings: FinetuneSettings):
                "lr": settings.lr}]
     if settings.train_vision:
         core.vision_tower.requires_grad_(True)
-        groups.append({"params": list(core.vision_tower.parameters()), "lr": settings.vision_lr})
+        for unused in ("post_layernorm", "head"):  # the features are encoder layers' outputs: these never get a gradient
+            if getattr(core.vision_tower, unused, None) is not None:
+                getattr(core.vision_tower, unused).requires_grad_(False)
+        groups.append({"params": [p for p in core.vision_tower.parameters() if p.requires_grad], "lr": settings.vision_lr})
     return model, groups
 
 
@@ -186,9 +193,18 @@ def latest_checkpoint(settings: FinetuneSettings) -> Path | None:
     return found[-1] if found else None
 
 
-def check_resumable(checkpoint: Path, settings: FinetuneSettings) -> dict:
+def launched_as(accelerator) -> dict:
+    """How the run is spread: a resume with another number of processes would change the data
+    order and the schedule, and sharded (FSDP) and whole (DDP) checkpoints do not read each other."""
+    from accelerate.utils import DistributedType
+
+    return {"processes": accelerator.num_processes, "fsdp": accelerator.distributed_type == DistributedType.FSDP}
+
+
+def check_resumable(checkpoint: Path, settings: FinetuneSettings, launch: dict) -> dict:
     """The trainer state of ``checkpoint``; :class:`UserError` when this run's settings differ from
-    the ones it was saved with in a way that would change the model, the data order or the schedule."""
+    the ones it was saved with in a way that would change the model, the data order or the schedule,
+    or when it is launched differently (see launched_as)."""
     state = json.loads((checkpoint / TRAINER_STATE).read_text())
     saved, now = state.get("settings", {}), settings.run_settings()
     changed = [name for name in saved if name in now and saved[name] != now[name]]
@@ -197,6 +213,13 @@ def check_resumable(checkpoint: Path, settings: FinetuneSettings) -> dict:
         allowed = ", ".join(f"--{n.replace('_', '-')}" for n in RESUME_MAY_CHANGE if n != "resume")
         raise UserError(f"--resume with other settings than the run in {settings.output} ({differences}); resume with "
                         f"the run's own settings (only {allowed} may change) or start a new --output")
+    saved_launch = state.get("launch", launch)
+    if saved_launch != launch:
+        def spread(how: dict) -> str:
+            return f"{how['processes']} process{'es' if how['processes'] > 1 else ''}{' with FSDP' if how['fsdp'] else ''}"
+
+        raise UserError(f"--resume: the run in {settings.output} was launched as {spread(saved_launch)}, this one as "
+                        f"{spread(launch)}; launch it as it was, or start a new --output")
     return state
 
 
@@ -276,9 +299,9 @@ def plot_loss(metrics_path: Path, png: Path) -> None:
 
 # ---- the run ----------------------------------------------------------------------------------------
 def finetune(settings: FinetuneSettings, report: Callable[[str], None] = lambda _: None,
-             progress: Callable[[int, int], Callable[[dict], None]] | None = None) -> dict:
+             progress: Callable[[int, int], Callable[[dict], None]] | None = None) -> dict | None:
     from accelerate import Accelerator, DataLoaderConfiguration, DistributedDataParallelKwargs
-    from accelerate.utils import set_seed
+    from accelerate.utils import gather_object, set_seed
     from transformers import get_cosine_schedule_with_warmup
 
     on_cuda = settings.device.startswith("cuda")
@@ -287,15 +310,17 @@ def finetune(settings: FinetuneSettings, report: Callable[[str], None] = lambda 
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
     )
+    sharded = check_sharding(accelerator, settings.full)  # before any slow work
     set_seed(settings.seed)
     last_checkpoint = latest_checkpoint(settings)
     if settings.resume and last_checkpoint is None:
         raise UserError(f"--resume: {settings.checkpoints} holds no checkpoint to resume from")
     if not settings.resume and last_checkpoint is not None:
         raise UserError(f"{settings.output} already holds a training run; pass --resume to continue it, or choose another --output")
-    resumed_state = check_resumable(last_checkpoint, settings) if settings.resume else None
+    launch = launched_as(accelerator)
+    resumed_state = check_resumable(last_checkpoint, settings, launch) if settings.resume else None
 
-    folder = read_folder(settings.folder, check_videos=video_problem)
+    folder = read_folder(settings.folder, check_videos=video_missing)
     for problem in folder.problems:
         report(f"skipped {problem}" if not settings.strict else problem)
     if folder.problems and settings.strict:
@@ -303,6 +328,9 @@ def finetune(settings: FinetuneSettings, report: Callable[[str], None] = lambda 
     if not folder.rows:
         raise UserError(f"{settings.folder}: no usable annotation rows")
 
+    workers = default_workers() if settings.workers is None else settings.workers
+    if not on_cuda:
+        share_cores(workers)
     quantized = settings.quantize == "nf4"
     model, processor = open_model(settings.model, device=settings.device if quantized else "cpu",
                                   quantize=settings.quantize, dtype=torch.bfloat16 if quantized else torch.float32,
@@ -315,16 +343,18 @@ def finetune(settings: FinetuneSettings, report: Callable[[str], None] = lambda 
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model, groups = configure_stage(model, settings)
     trained = trained_tensor_names(model)
+    trained_parameters = sum(p.numel() for g in groups for p in g["params"])
 
-    dataset = VideoQADataset(folder.rows, processor, settings.frames)
-    generator = torch.Generator().manual_seed(settings.seed)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=settings.batch_size, shuffle=True, generator=generator,
-                                         collate_fn=partial(collate, pad_token_id=processor.tokenizer.pad_token_id))
+    loader = make_loader(folder.rows, processor, settings.frames, settings.batch_size, settings.seed, workers,
+                         pin_memory=on_cuda)
     steps_per_epoch = math.ceil(len(loader) / (settings.grad_accum * accelerator.num_processes))
     total_steps = settings.max_steps or steps_per_epoch * settings.epochs
     epochs = math.ceil(total_steps / steps_per_epoch)
     optimizer = torch.optim.AdamW(groups, weight_decay=0.0)
-    scheduler = get_cosine_schedule_with_warmup(optimizer, int(settings.warmup_ratio * total_steps), total_steps)
+    # accelerate steps a prepared scheduler once per process at each optimizer step
+    ticks = accelerator.num_processes
+    scheduler = get_cosine_schedule_with_warmup(optimizer, int(settings.warmup_ratio * total_steps) * ticks,
+                                                total_steps * ticks)
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
     accelerator.register_save_state_pre_hook(keep_only(set(trained)))
 
@@ -342,6 +372,7 @@ def finetune(settings: FinetuneSettings, report: Callable[[str], None] = lambda 
     tick = progress(total_steps, step) if progress and accelerator.is_main_process else (lambda row: None)
 
     began, window_samples, losses = time.perf_counter(), 0, []
+    bad_videos: dict[int, str] = {}  # line -> problem, for rows whose video a worker could not decode
     for epoch in range(start_epoch, epochs):
         if hasattr(loader, "set_epoch"):
             loader.set_epoch(epoch)
@@ -349,12 +380,14 @@ def finetune(settings: FinetuneSettings, report: Callable[[str], None] = lambda 
         seen = skip
         skip = 0
         for batch in batches:
+            take_problems(batch, bad_videos, settings.strict, report)
             with accelerator.accumulate(model):
                 loss = model(**batch).loss
                 accelerator.backward(loss)
                 grad_norm = None
                 if accelerator.sync_gradients:
-                    grad_norm = accelerator.clip_grad_norm_([p for g in groups for p in g["params"]], 1.0)
+                    # the optimizer's parameters: under FSDP they are the shards that replaced the model's
+                    grad_norm = accelerator.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], 1.0)
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad()
@@ -374,23 +407,28 @@ def finetune(settings: FinetuneSettings, report: Callable[[str], None] = lambda 
                     f.write(json.dumps(row) + "\n")
             tick(row)
             if step % settings.save_every == 0 or step == total_steps:
-                save_state(accelerator, settings, step, epoch, seen)
+                save_state(accelerator, settings, launch, step, epoch, seen)
             if step >= total_steps:
                 break
         if step >= total_steps:
             break
 
     accelerator.wait_for_everyone()
+    bad_lines = set(gather_object(sorted(bad_videos)))  # what every process found
+    gathered = accelerator.get_state_dict(model) if sharded else None  # every process sends its shards
     written = None
     if accelerator.is_main_process:
         plot_loss(metrics_path, settings.output / "loss.png")
-        written = save_final(accelerator.unwrap_model(model), processor, settings, trained)
+        trained_model = unsharded_model(gathered, settings) if sharded else accelerator.unwrap_model(model)
+        written = save_final(trained_model, processor, settings, trained)
     accelerator.wait_for_everyone()
-    return {"steps": step, "rows": len(folder.rows), "skipped_rows": len(folder.problems), "saved": written,
-            "trained_parameters": sum(p.numel() for g in groups for p in g["params"])}
+    if not accelerator.is_main_process:
+        return None
+    return {"steps": step, "rows": len(folder.rows) - len(bad_lines), "skipped_rows": len(folder.problems) + len(bad_lines),
+            "saved": written, "trained_parameters": trained_parameters}
 
 
-def save_state(accelerator, settings: FinetuneSettings, step: int, epoch: int, batches_in_epoch: int) -> None:
+def save_state(accelerator, settings: FinetuneSettings, launch: dict, step: int, epoch: int, batches_in_epoch: int) -> None:
     """accelerate's training state (trained tensors, optimizer, scheduler, RNG), where the data order
     stands and the run's settings, written under a temporary name and renamed when complete (an
     interrupt mid-save leaves the previous checkpoints as they were); the two newest are kept."""
@@ -402,7 +440,8 @@ def save_state(accelerator, settings: FinetuneSettings, step: int, epoch: int, b
     accelerator.save_state(str(partial))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        state = {"step": step, "epoch": epoch, "batches_in_epoch": batches_in_epoch, "settings": settings.run_settings()}
+        state = {"step": step, "epoch": epoch, "batches_in_epoch": batches_in_epoch, "settings": settings.run_settings(),
+                 "launch": launch}
         (partial / TRAINER_STATE).write_text(json.dumps(state, indent=1))
         shutil.rmtree(final, ignore_errors=True)  # a step saved again after resuming from an earlier one
         partial.rename(final)

@@ -14,8 +14,10 @@ from safetensors import safe_open
 from typer.testing import CliRunner
 
 from crosslmm_cli.app import app
+from crosslmm_cli.finetune.sharding import FSDP_CONFIG
 from crosslmm_cli.synthetic_video import index_frames, write_video
 from crosslmm.loading import load_model
+from tests.helpers import free_port
 
 runner = CliRunner()
 
@@ -147,8 +149,8 @@ def test_resume_continues_from_the_saved_step_with_the_same_data_order(folder, t
 
     real_save = train_module.save_state
 
-    def save_then_stop(accelerator, settings, step, *rest):
-        real_save(accelerator, settings, step, *rest)
+    def save_then_stop(accelerator, settings, launch, step, *rest):
+        real_save(accelerator, settings, launch, step, *rest)
         if step == 3:
             raise KeyboardInterrupt
 
@@ -257,16 +259,76 @@ def test_bad_finetune_flags(folder, tiny_checkpoint, tmp_path, flags, message):
     assert result.exit_code == 1 and message in result.output and "Traceback" not in result.output
 
 
+def launch(launcher: list[str], module: str, folder, out, *flags, env: dict | None = None):
+    """``crosslmm finetune`` in 2 CPU processes under ``launcher`` (torchrun or accelerate launch)."""
+    command = [sys.executable, "-m", *launcher, "-m", module, "finetune", str(folder), "--output", str(out),
+               "--frames", "2", "--workers", "0", *flags]
+    return subprocess.run(command, capture_output=True, text=True, timeout=300, check=False,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
+
+
+def torchrun() -> list[str]:
+    return ["torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port())]
+
+
+def accelerate_fsdp() -> list[str]:
+    """accelerate's launcher with the FSDP config crosslmm ships, on 2 processes without GPUs."""
+    return ["accelerate.commands.launch", "--config_file", FSDP_CONFIG, "--num_processes", "2",
+            "--mixed_precision", "no", "--main_process_port", str(free_port())]
+
+
 def test_two_gloo_processes_train_and_write_one_checkpoint(folder, tiny_checkpoint, tmp_path):
     out = tmp_path / "ddp"
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29544",
-               "-m", "crosslmm_cli.app", "finetune", str(folder), "--output", str(out), "--model", str(tiny_checkpoint),
-               "--frames", "2", "--full", "--max-steps", "2"]
-    done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
-                          timeout=300)
+    flags = ["--model", str(tiny_checkpoint), "--full", "--max-steps", "3"]
+    done = launch(torchrun(), "crosslmm_cli.app", folder, out, *flags)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert (out / "model.safetensors").is_file() and len(metrics(out)) == 2
+    assert (out / "model.safetensors").is_file() and len(metrics(out)) == 3
+    assert done.stderr.count("trained 3 steps") == 1  # the summary comes from the main process only
     load_model(out)
+    # the learning-rate schedule is transformers', step for step, however many processes step it
+    single = tmp_path / "single"
+    assert train(folder, single, *flags, "--workers", "0").exit_code == 0
+    assert [r["lr"] for r in metrics(out)] == pytest.approx([r["lr"] for r in metrics(single)])
+    # a run saved by one process is not resumed by two (another data order, another schedule)
+    again = launch(torchrun(), "crosslmm_cli.app", folder, single, *flags, "--resume")
+    assert again.returncode != 0 and "was launched as 1 process, this one as 2 processes" in " ".join(again.stderr.split())
+
+
+def test_fsdp_on_two_gloo_processes_trains_as_ddp_and_resumes_from_its_shards(folder, tiny_checkpoint, tmp_path):
+    """Full fine-tuning with the vision tower, sharded by accelerate's FSDP2 on 2 gloo processes
+    (tests/fsdp_on_cpu.py lets accelerate shard on CPU as it does on GPUs): the weights of DDP,
+    checkpoints written as one shard per process, and a run stopped after its step-2 checkpoint
+    and resumed ends with the weights of the run never stopped."""
+    flags = ["--model", str(tiny_checkpoint), "--full", "--train-vision", "--vision-lr", "1e-3", "--lr", "1e-3",
+             "--max-steps", "4", "--save-every", "2"]
+    ddp, fsdp, stopped = tmp_path / "ddp", tmp_path / "fsdp", tmp_path / "stopped"
+    for launcher, module, out in ((torchrun(), "crosslmm_cli.app", ddp), (accelerate_fsdp(), "tests.fsdp_on_cpu", fsdp)):
+        done = launch(launcher, module, folder, out, *flags)
+        assert done.returncode == 0, done.stderr[-3000:]
+    reference, sharded = weights(ddp), weights(fsdp)
+    assert any(n.startswith("vision_tower.") for n in changed(weights(tiny_checkpoint), sharded))
+    assert all(torch.allclose(reference[n], sharded[n], rtol=1e-4, atol=1e-6) for n in reference)
+    shards = {p.name: p.stat().st_size for p in (fsdp / "checkpoints" / "step-000004" / "pytorch_model_fsdp_0").glob("*.distcp")}
+    assert sorted(shards) == ["__0_0.distcp", "__1_0.distcp"]
+    assert max(shards.values()) < 0.6 * sum(shards.values())  # each process wrote about half of the weights
+
+    cut = launch(accelerate_fsdp(), "tests.fsdp_on_cpu", folder, stopped, *flags, env={"CROSSLMM_TEST_STOP_AT_STEP": "2"})
+    assert cut.returncode != 0 and [r["step"] for r in metrics(stopped)] == [1, 2]
+    resumed = launch(accelerate_fsdp(), "tests.fsdp_on_cpu", folder, stopped, *flags, "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming from step-000002" in resumed.stderr
+    assert [r["loss"] for r in metrics(stopped)] == pytest.approx([r["loss"] for r in metrics(fsdp)], rel=1e-5)
+    after = weights(stopped)
+    assert all(torch.allclose(sharded[n], after[n], atol=1e-6) for n in sharded)
+
+
+def test_fsdp_refuses_what_it_cannot_shard(folder, tiny_checkpoint, tmp_path):
+    # accelerate alone would run DDP under the FSDP config on CPU: refused before loading anything
+    done = launch(accelerate_fsdp(), "crosslmm_cli.app", folder, tmp_path / "cpu", "--model", str(tiny_checkpoint), "--full")
+    assert done.returncode != 0 and "asks for FSDP, which accelerate runs on CUDA GPUs only" in done.stderr
+    assert 'crosslmm_cli/' not in done.stderr  # the launcher reports the failed processes; they print no traceback
+    lora = launch(accelerate_fsdp(), "tests.fsdp_on_cpu", folder, tmp_path / "lora", "--model", str(tiny_checkpoint))
+    assert lora.returncode != 0 and "FSDP shards full fine-tuning: add --full" in lora.stderr
 
 
 def test_qlora_on_a_4bit_base_saves_merged_full_precision_weights(folder, tiny_checkpoint, tmp_path, device):
@@ -349,3 +411,90 @@ def test_a_stage_one_output_moves_with_its_base_and_names_it_when_gone(folder, t
     errors = [line for line in result.output.splitlines() if line.startswith("error:")]
     assert result.exit_code == 1 and len(errors) == 1 and "Traceback" not in result.output
     assert str(moved / "base") in errors[0] and "missing" in errors[0] and "hub" not in errors[0]
+
+
+@pytest.fixture(scope="module")
+def damaged_folder(tmp_path_factory):
+    """Four good clips and, among them, two rows whose videos exist but do not decode."""
+    root = tmp_path_factory.mktemp("damaged")
+    for i in range(4):
+        write_video(root / f"c{i}.mp4", index_frames(12, 64, 64), (64, 64), 10, "libx264", 4)
+    (root / "notes.mp4").write_text("this is not a video\n")
+    (root / "cut.mp4").write_bytes((root / "c0.mp4").read_bytes()[:600])
+    videos = ["c0.mp4", "notes.mp4", "c1.mp4", "c2.mp4", "cut.mp4", "c3.mp4"]
+    (root / "annotations.jsonl").write_text("".join(
+        json.dumps({"video": name, "question": f"Which clip is {name}?", "answer": f"Clip {name}."}) + "\n"
+        for name in videos))
+    return root
+
+
+def loader_batches(folder, workers: int, epochs: int = 2) -> list[dict]:
+    """Every batch the training loop would get, as finetune builds and prepares its loader."""
+    from accelerate import Accelerator, DataLoaderConfiguration
+
+    from crosslmm.builders import build_tiny
+    from crosslmm_cli.finetune.data import read_folder
+    from crosslmm_cli.finetune.loader import make_loader
+
+    _, processor = build_tiny()
+    loader = make_loader(read_folder(folder).rows, processor, frames=2, batch_size=2, seed=7, workers=workers)
+    loader = Accelerator(cpu=True, dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True)).prepare(loader)
+    batches = []
+    for epoch in range(epochs):
+        loader.set_epoch(epoch)
+        batches += list(loader)
+    return batches
+
+
+def test_workers_on_and_off_give_the_same_batches_in_the_same_order(damaged_folder):
+    without, with_workers = loader_batches(damaged_folder, 0), loader_batches(damaged_folder, 2)
+    assert len(without) == len(with_workers) == 6  # 6 rows, batches of 2, 2 epochs: a skipped row is stood in for
+    for one, other in zip(without, with_workers):
+        assert one.keys() == other.keys()
+        for key, value in one.items():
+            assert torch.equal(value, other[key]) if isinstance(value, torch.Tensor) else value == other[key], key
+    orders = [batch["input_ids"].tolist() for batch in without]
+    assert orders[:3] != orders[3:]  # reshuffled each epoch, so the comparison covers two orders
+    reported = {line for batch in with_workers for line, _ in batch["problems"]}
+    assert reported == {2, 5}
+
+
+def test_a_run_with_workers_trains_exactly_as_one_without(folder, tiny_checkpoint, tmp_path, monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the same torch threads in both runs, so the sums agree bit for bit
+    common = ["--model", str(tiny_checkpoint), "--full", "--max-steps", "4", "--lr", "1e-3", "--batch-size", "2",
+              "--epochs", "2"]
+    runs = {}
+    for workers in ("0", "2"):
+        out = tmp_path / f"w{workers}"
+        result = train(folder, out, *common, "--workers", workers)
+        assert result.exit_code == 0, result.output
+        runs[workers] = out
+    assert [r["loss"] for r in metrics(runs["0"])] == [r["loss"] for r in metrics(runs["2"])]
+    before, after = weights(runs["0"]), weights(runs["2"])
+    assert all(torch.equal(before[n], after[n]) for n in before)
+
+
+def test_a_video_that_does_not_decode_is_skipped_with_its_line(damaged_folder, tiny_checkpoint, tmp_path):
+    out = tmp_path / "out"
+    result = train(damaged_folder, out, "--model", str(tiny_checkpoint), "--full", "--epochs", "3", "--workers", "2")
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    assert re.search(r"skipped line 2: \S*notes\.mp4 is not a readable video", text), text
+    assert re.search(r"skipped line 5: \S*cut\.mp4", text), text
+    assert text.count("skipped line 2:") == 1 and text.count("skipped line 5:") == 1  # once, though read each epoch
+    assert "on 4 rows (2 skipped)" in text
+    assert len(metrics(out)) == 18  # 6 rows x 3 epochs: the rows that stand in keep every step full
+    strict = train(damaged_folder, tmp_path / "strict", "--model", str(tiny_checkpoint), "--full", "--strict",
+                   "--workers", "2")
+    assert strict.exit_code == 1 and "Traceback" not in strict.output
+    assert re.search(r"line [25]: .*drop --strict", " ".join(strict.output.split()))
+
+
+def test_a_folder_of_videos_that_do_not_decode_stops_with_one_line(tmp_path, tiny_checkpoint):
+    for name in ("a.mp4", "b.mp4"):
+        (tmp_path / name).write_text("not a video\n")
+    (tmp_path / "annotations.jsonl").write_text("".join(
+        json.dumps({"video": name, "caption": "x"}) + "\n" for name in ("a.mp4", "b.mp4")))
+    result = train(tmp_path, tmp_path.parent / f"{tmp_path.name}-out", "--model", str(tiny_checkpoint), "--workers", "1")
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "no readable video in 2 rows in a row" in " ".join(result.output.split())

@@ -38,17 +38,11 @@ from crosslmm_cli.serve.server import create_app
 from crosslmm_cli.serve.settings import ServeSettings
 from crosslmm_cli.synthetic_video import index_frames, write_video
 from crosslmm_cli.video import SamplingRequest, read_frames
-from tests.helpers import open_gates
+from tests.helpers import free_port, open_gates
 
 KEY = "test-key"
 FRAMES = 4
 TOKENS = 10
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
