@@ -26,7 +26,7 @@ def cores_per_process() -> int:
 def default_workers() -> int:
     """One per core of the process, at most 8. On CPU the step's thread shares a core with one of
     them: on 2 cores, single `crosslmm finetune` runs of the tiny model over 50 clips of 3 s 360p
-    took their first epoch at 12.7 and 13.1 samples/s with 2 workers, 11.0-11.4 with 1 and 10.8 with
+    took their first epoch at 12.7 and 13.1 samples/s with 2 workers, 10.8-12.3 with 1 and 10.8 with
     3 (benchmarks/data_loading.py compares the default with what it replaced)."""
     return min(8, cores_per_process())
 
