@@ -317,8 +317,8 @@ def finetune(
     quantize: Annotated[str, typer.Option(help="nf4: QLoRA (4-bit LLM under LoRA adapters) | none")] = "none",
     gate_init: Annotated[Optional[float], typer.Option(help="open the trained gates to tanh(x) first (default: as they are)")] = None,
     device: Annotated[Optional[str], typer.Option(help="cuda or cpu (default: cuda when present)")] = None,
-    workers: Annotated[Optional[int], typer.Option(help="processes decoding videos ahead of the step (default: the "
-                                                        "cores left per training process, at most 8; 0: none)")] = None,
+    workers: Annotated[Optional[int], typer.Option(help="processes decoding videos ahead of the step (default: one "
+                                                        "per core of the training process, at most 8; 0: none)")] = None,
 ) -> None:
     """Train CrossLMM on a folder of videos and annotations (the paper's Stage I or II); runs
     unchanged under torchrun / accelerate launch."""

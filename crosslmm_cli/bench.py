@@ -284,6 +284,7 @@ def run_bench(settings: BenchSettings, status: Callable[[str], None] = lambda _:
             row["tflops_breakdown"] = {k: v / 1e12 for k, v in flops.items() if k != "total"}
             row["tokens_per_frame"] = config.tokens_per_frame
             rows[system].append(row)
+    results = [row for system in SYSTEMS for row in rows[system]]
     return {
         "preset": settings.preset,
         "device": "meta device (FLOPs only)" if settings.flops_only else describe_device(settings.device),
@@ -293,8 +294,8 @@ def run_bench(settings: BenchSettings, status: Callable[[str], None] = lambda _:
         "runs": 0 if settings.flops_only else settings.runs,
         "timing": "prefills of the two systems alternated run by run (A, B, A, B, ...)",
         "versions": versions(),
-        "results": [row for system in SYSTEMS for row in rows[system]],
-        "scaling": scaling([row for system in SYSTEMS for row in rows[system]]),
+        "results": results,
+        "scaling": scaling(results),
     }
 
 

@@ -49,9 +49,15 @@ class CrossLMMVideoProcessor(VideoProcessorMixin):
             videos = [videos]
         if not videos or any(np.ndim(video) != 4 or np.shape(video)[-1] != 3 for video in videos):
             raise ValueError("videos must be (frames, height, width, 3) RGB arrays, one per prompt")
-        pixels = [self.frames_to_pixels(video) for video in videos]
-        num_frames = torch.tensor([len(p) for p in pixels], dtype=torch.long)
-        batch = pixels[0].new_zeros(len(pixels), int(num_frames.max()), *pixels[0].shape[1:])
-        for row, video in zip(batch, pixels):
-            row[: len(video)] = video
+        batch, num_frames = pad_videos([self.frames_to_pixels(video) for video in videos])
         return BatchFeature({"pixel_values_videos": batch, "num_frames": num_frames}, tensor_type=return_tensors)
+
+
+def pad_videos(videos: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Videos (T_i, 3, S, S) -> one batch (B, T_max, 3, S, S), zero frames after each video's own,
+    and num_frames (B,)."""
+    num_frames = torch.tensor([len(video) for video in videos], dtype=torch.long)
+    batch = videos[0].new_zeros(len(videos), int(num_frames.max()), *videos[0].shape[1:])
+    for row, video in zip(batch, videos):
+        row[: len(video)] = video
+    return batch, num_frames

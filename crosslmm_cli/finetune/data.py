@@ -19,6 +19,8 @@ import av
 import torch
 from torch.utils.data import Dataset
 
+from crosslmm.video_processing import pad_videos
+
 from ..errors import UserError
 from ..video import SamplingRequest, read_frames
 
@@ -242,16 +244,13 @@ def collate(batch: list[dict], pad_token_id: int) -> dict[str, torch.Tensor]:
     if any(item["pixels"] is None for item in batch):
         return {"problems": problems, "unreadable": True}
     longest = max(len(item["input_ids"]) for item in batch)
-    frames = max(len(item["pixels"]) for item in batch)
     input_ids = torch.full((len(batch), longest), pad_token_id, dtype=torch.long)
     labels = torch.full((len(batch), longest), IGNORE_INDEX, dtype=torch.long)
     attention_mask = torch.zeros((len(batch), longest), dtype=torch.long)
-    pixels = batch[0]["pixels"].new_zeros(len(batch), frames, *batch[0]["pixels"].shape[1:])
     for row, item in enumerate(batch):
         length = len(item["input_ids"])
         input_ids[row, :length], labels[row, :length], attention_mask[row, :length] = item["input_ids"], item["labels"], 1
-        pixels[row, : len(item["pixels"])] = item["pixels"]
-    num_frames = torch.tensor([len(item["pixels"]) for item in batch])
+    pixels, num_frames = pad_videos([item["pixels"] for item in batch])
     return {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask,
             "pixel_values_videos": pixels, "num_frames": num_frames,
             "problems": problems}

@@ -9,6 +9,7 @@ from functools import partial
 
 import torch
 
+from ..cores import usable_cores
 from ..errors import UserError
 from ..video.decode import decode_on_one_core
 from .data import Row, VideoQADataset, collate
@@ -19,8 +20,7 @@ CLIP_CACHE_BYTES = 2 << 30  # decoded clips kept in memory, shared out between t
 def cores_per_process() -> int:
     """The cores this process may use: its share of the node beside the other training processes
     that torchrun / accelerate launch started there."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(1, cores // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    return max(1, usable_cores() // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
 
 
 def default_workers() -> int:

@@ -5,7 +5,6 @@ prefixes. A bounded number of jobs may wait; a client that leaves stops its job.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import threading
@@ -186,7 +185,7 @@ class Engine:
             key = (job.media.identity, job.frames_request and astuple(job.frames_request))
             began = time.perf_counter()
             try:
-                with self._decode_locks[int(hashlib.sha1(repr(key).encode()).hexdigest(), 16) % 64]:
+                with self._decode_locks[hash(key) % len(self._decode_locks)]:
                     video = self.videos.get(key)  # encoded, or decoded and waiting for the worker to encode it
                     job.video_cache_hit = video is not None
                     if video is None:

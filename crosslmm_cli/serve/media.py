@@ -18,7 +18,7 @@ from urllib.parse import unquote, urlparse
 import cv2
 import numpy as np
 
-from ..video.reader import output_size
+from ..video.reader import output_size, sized_rgb
 from .protocol import ApiError
 
 
@@ -123,7 +123,4 @@ def image_frames(media: Media, max_side: int) -> np.ndarray:
     image = cv2.imdecode(np.frombuffer(media.read_bytes(), np.uint8), cv2.IMREAD_COLOR)
     if image is None:
         raise ApiError(400, "the image could not be decoded (PNG, JPEG, BMP or WebP expected)", code="invalid_media")
-    size = output_size(image.shape[1], image.shape[0], max_side)
-    if size != (image.shape[1], image.shape[0]):
-        image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
-    return np.ascontiguousarray(image[None, ..., ::-1])
+    return np.ascontiguousarray(sized_rgb(image, output_size(image.shape[1], image.shape[0], max_side))[None])

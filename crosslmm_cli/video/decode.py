@@ -9,13 +9,13 @@ RGB (and scaled, by swscale's area filter, in the same step).
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import av
 import numpy as np
 
+from ..cores import usable_cores
 from ..errors import UserError
 from .container import decoded_frames, open_video
 from .frame_index import FrameIndex
@@ -27,7 +27,7 @@ RESEEK_SECONDS = (1.0, 4.0, 16.0)
 # A seek flushes the decoder and refills its delay: about as dear as decoding this many frames on.
 SEEK_COST_FRAMES = 16
 # decoders run side by side, one per core the process may use
-DECODE_WORKERS = min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+DECODE_WORKERS = min(8, usable_cores())
 CODEC_THREADS: int | None = None  # libavcodec's own threads per decoder; None: its choice
 
 

@@ -50,6 +50,14 @@ def output_size(width: int, height: int, max_side: int | None) -> tuple[int, int
     return max(1, round(width * scale)), max(1, round(height * scale))
 
 
+def sized_rgb(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """An OpenCV image (H, W, 3) BGR as RGB of ``size`` = (width, height), shrunk by area averaging
+    where it differs."""
+    if size != (image.shape[1], image.shape[0]):
+        image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+    return image[..., ::-1]
+
+
 def read_frames(path: str | Path, request: SamplingRequest, info: VideoInfo | None = None) -> tuple[VideoInfo, SampledFrames]:
     """Probe ``path`` (unless ``info`` is given) and return the sampled frames (RGB, rotation
     applied) with their provenance. A folder of image frames is read as a video."""
@@ -118,8 +126,6 @@ def read_frame_folder(path: Path, request: SamplingRequest) -> tuple[VideoInfo, 
         if image.shape[:2] != first.shape[:2]:
             raise UserError(f"the frames in {path} differ in size ({files[0].name}: {first.shape[1]}x{first.shape[0]}, "
                             f"{files[index].name}: {image.shape[1]}x{image.shape[0]}); they must be one video's frames")
-        if size != (info.width, info.height):
-            image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
-        frames.append(image[..., ::-1])
+        frames.append(sized_rgb(image, size))
     return info, SampledFrames(np.stack(frames), indices, [i / FRAME_FOLDER_FPS for i in indices], times, "exact", "images",
                                time.perf_counter() - began)
