@@ -19,6 +19,7 @@ from transformers import DynamicCache
 from transformers.generation.streamers import BaseStreamer
 
 from crosslmm import PRESETS, CrossLMMForConditionalGeneration
+from crosslmm.cache_keyword import cache_argument
 from crosslmm.loading import load_model
 from crosslmm.flops import full_token_baseline, prefill_flops, prompt_layout
 
@@ -150,7 +151,7 @@ def prefill(model, input_ids: torch.Tensor, pixels: torch.Tensor):
     """Vision tower + projector + pooling + LLM prefill (last position's logits)."""
     memory = model.encode_video(pixels, cache_kv=True)
     cache = DynamicCache(config=model.config.text_config)
-    logits = model(input_ids=input_ids, visual_memory=memory, past_key_values=cache, use_cache=True,
+    logits = model(input_ids=input_ids, visual_memory=memory, **cache_argument(cache), use_cache=True,
                    logits_to_keep=1).logits
     return memory, cache, logits
 

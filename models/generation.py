@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
+from .cache_keyword import cache_argument, output_cache
 from .cross_attention import VisualMemory
 from .modeling import CrossLMMForConditionalGeneration
 
@@ -111,7 +112,7 @@ class AnswerStream:
     """The answer to one conversation (batch of 1) as text pieces, yielded as ``generate()`` produces
     them; a stop string and what follows it are cut. Leaving the loop early stops generation.
 
-    ``past_key_values`` (a cache holding the keys/values of a prefix of ``inputs``, e.g. a shared
+    ``prefix_cache`` (a cache holding the keys/values of a prefix of ``inputs``, e.g. a shared
     system prompt and video) skips recomputing that prefix; generation extends it in place.
 
     Once iteration ends: ``token_ids`` (EOS excluded), ``text``, ``first_token_at``
@@ -126,10 +127,10 @@ class AnswerStream:
         inputs: dict[str, torch.Tensor],
         memory: VisualMemory | None,
         settings: SamplingSettings,
-        past_key_values=None,
+        prefix_cache=None,
     ):
         self.model, self.processor, self.inputs, self.memory, self.settings = model, processor, inputs, memory, settings
-        self.past_key_values = past_key_values
+        self.prefix_cache = prefix_cache
         self.token_ids: list[int] = []
         self.text = ""
         self.first_token_at: float | None = None
@@ -158,7 +159,7 @@ class AnswerStream:
                     streamer=streamer,
                     stopping_criteria=StoppingCriteriaList([_Cancelled(cancel)]),
                     tokenizer=tokenizer,  # for stop strings
-                    past_key_values=self.past_key_values,
+                    **cache_argument(self.prefix_cache),
                 )
             except BaseException as error:  # handed to the reading thread
                 outcome["error"] = error
@@ -193,7 +194,7 @@ class AnswerStream:
         while new and new[-1] in eos:  # the EOS that ended the answer, and padding
             new.pop()
         self.token_ids, self.text, self.first_token_at = new, "".join(emitted), streamer.first_token_at
-        self.cache = outcome["output"].past_key_values
+        self.cache = output_cache(outcome["output"])
         at_limit = not (stopped or ended_by_eos) and len(new) >= self.settings.max_new_tokens
         self.finish_reason = "length" if at_limit else "stop"
 

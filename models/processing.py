@@ -89,20 +89,14 @@ class CrossLMMProcessor(ProcessorMixin):
         return cls(video_processor, tokenizer, tokens_per_frame=config.tokens_per_frame,
                    frame_separator=config.frame_separator)
 
-    # transformers finds and checks video processors through registries that exist only with
-    # torchvision installed; this video processor needs none, so its class is named here
+    # transformers checks a sub-processor's class against its top-level names, which without torchvision
+    # are placeholders for every video processor; this one needs no torchvision, so its class is named here
     def check_argument_for_proper_class(self, argument_name, argument):
         if argument_name == "video_processor":
             if not isinstance(argument, CrossLMMVideoProcessor):
                 raise TypeError(f"video_processor must be a CrossLMMVideoProcessor, got {type(argument).__name__}")
             return CrossLMMVideoProcessor
         return super().check_argument_for_proper_class(argument_name, argument)
-
-    @classmethod
-    def _get_arguments_from_pretrained(cls, pretrained_model_name_or_path, processor_dict=None, **kwargs):
-        kwargs.pop("_from_auto", None)
-        return [CrossLMMVideoProcessor.from_pretrained(pretrained_model_name_or_path, **kwargs),
-                AutoTokenizer.from_pretrained(pretrained_model_name_or_path, **kwargs)]
 
     @property
     def image_size(self) -> int:

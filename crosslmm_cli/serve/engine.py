@@ -246,7 +246,7 @@ class Engine:
                     sampling = replace(sampling, seed=sampling.seed + index)  # n samples, not n copies
                 cache, cached = self.prefixes.lookup(job.video_key, job.prompt_ids, job.video_end)
                 cached_tokens = cached_tokens if index else cached
-                stream = AnswerStream(self.model, self.processor, job.inputs, memory, sampling, past_key_values=cache)
+                stream = AnswerStream(self.model, self.processor, job.inputs, memory, sampling, prefix_cache=cache)
                 pieces = iter(stream)
                 try:
                     for piece in pieces:

@@ -11,14 +11,14 @@ from crosslmm import build_tiny
 from tests.helpers import open_gates, question, random_video
 
 
-def gradients(scope: str, checkpointing: dict | None) -> dict[str, torch.Tensor]:
+def gradients(scope: str, reentrant: bool | None) -> dict[str, torch.Tensor]:
     model, processor = build_tiny(seed=0)
     open_gates(model, 0.7)
     for layer in model.cross_attention_layers():
         layer.cross_attn.v2v_scope = scope
     model.train()
-    if checkpointing is not None:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=checkpointing)
+    if reentrant is not None:
+        model.checkpoint_activations(use_reentrant=reentrant)
     batch = processor(question(), [random_video(3)])
     model(**batch, labels=batch["input_ids"]).loss.backward()
     return {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
@@ -28,7 +28,7 @@ def gradients(scope: str, checkpointing: dict | None) -> dict[str, torch.Tensor]
 @pytest.mark.parametrize("reentrant", [True, False])
 def test_checkpointed_gradients_equal_plain_ones(scope, reentrant):
     plain = gradients(scope, None)
-    checkpointed = gradients(scope, {"use_reentrant": reentrant})
+    checkpointed = gradients(scope, reentrant)
     assert any(name.startswith("vision_tower.") for name in plain)
     assert any(name.startswith("multi_modal_projector.") for name in plain)
     assert checkpointed.keys() == plain.keys()
