@@ -41,10 +41,13 @@ def decode_on_one_core() -> None:
 
 
 class _Cursor:
-    """A decoder positioned somewhere in the file, with one frame of look-ahead."""
+    """A decoder positioned somewhere in the file, with one frame of look-ahead. It gives only the
+    frames the index lists: a frame the decoder outputs with any other pts (one before the first
+    shown frame, say) is never on screen, and taking it would put its pixels under the position
+    and time of the listed frame before it."""
 
-    def __init__(self, path: str, thread_type: str):
-        self.path, self.thread_type = path, thread_type
+    def __init__(self, path: str, thread_type: str, index: FrameIndex):
+        self.path, self.thread_type, self.index = path, thread_type, index
         self.container = None
         self.rewind()
 
@@ -72,9 +75,13 @@ class _Cursor:
 
     def next(self) -> av.VideoFrame | None:
         frame, self.ahead = self.ahead, None
-        frame = frame or next(self.frames, None)
-        if frame is not None:
+        while frame is None:
+            frame = next(self.frames, None)
+            if frame is None:
+                return None
             self.last_pts = frame.pts
+            if not self.index.lists(frame.pts):
+                frame = None
         return frame
 
     def frame_shown_at(self, pts: int, copies: int = 1) -> av.VideoFrame | None:
@@ -116,7 +123,7 @@ def _decode_run(info: VideoInfo, distinct: list[int], size: tuple[int, int], key
                 threading: str) -> dict[int, tuple[np.ndarray, int]]:
     index = info.index
     decoded = {}
-    cursor = _Cursor(info.path, threading)
+    cursor = _Cursor(info.path, threading, index)
     try:
         at = -1  # position of the last frame taken from the decoder; -1 when it starts afresh
         for position in distinct:

@@ -75,6 +75,11 @@ class FrameIndex:
         frames that share a pts, which badly muxed files have, the last one decoded)."""
         return max(0, int(np.searchsorted(self.pts, pts, side="right")) - 1)
 
+    def lists(self, pts: int) -> bool:
+        """Whether a frame with presentation time ``pts`` is one of the shown frames."""
+        at = int(np.searchsorted(self.pts, pts))
+        return at < len(self.pts) and int(self.pts[at]) == pts
+
     def copies(self, position: int) -> int:
         """How many frames up to ``position`` share its pts (1 in a well-formed file)."""
         return position - int(np.searchsorted(self.pts, self.pts[position], side="left")) + 1

@@ -5,6 +5,7 @@ keyframes (keyframe mode), with the reference's positions and timestamps."""
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 from dataclasses import dataclass
 
@@ -14,6 +15,8 @@ import pytest
 
 from crosslmm_cli.synthetic_video import ffmpeg_exe, index_frame
 from crosslmm_cli.video import SamplingRequest, probe, read_frames
+from crosslmm_cli.video.decode import decode_positions
+from crosslmm_cli.video.frame_index import FrameIndex
 
 FRAMES, WIDTH, HEIGHT = 100, 64, 48  # 4 s at 25 fps; each frame spells its number, so no two are alike
 X264 = ["-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", "-g", "10"]
@@ -40,6 +43,7 @@ CLIPS = {
     "starts_at_5s.mkv": X264_BFRAMES + ["-output_ts_offset", "5"],
     "odd_9x7.mp4": ["-c:v", "libx264", "-pix_fmt", "yuv444p", "-vf", "scale=9:7", "-g", "10"],
     "tiny_1x1.mkv": ["-c:v", "ffv1", "-vf", "scale=1:1", "-g", "10"],
+    "vvc.mp4": ["-c:v", "libvvenc", "-g", "10"],  # H.266: its first frames decode late
 }
 # made from h264_bframes.mp4 / .mkv with stream copy: (input, arguments before -i, arguments after)
 DERIVED = {
@@ -136,6 +140,23 @@ def test_keyframe_mode_returns_the_nearest_keyframe(clips, name):
         nearest = np.abs(keyframe_times - requested).min() if len(keyframe_times) else abs(requested)
         assert abs(stamp - requested) <= nearest + 1e-6
         assert np.array_equal(got, reference.frames[position])
+
+
+@pytest.mark.parametrize("keyframes_only", [False, True])
+def test_a_frame_the_index_does_not_list_never_takes_a_listed_frames_place(clips, keyframes_only):
+    """An index whose second frame has a pts the decoder never outputs (one tick late): the frame the
+    decoder does give there is not on the list, so it must not come back under the position and time
+    of the listed frame before it (frame 0 at 0.0 s); whatever comes back is the listed frame it is
+    labelled as, pixel for pixel."""
+    name = "h264_bframes.mp4"
+    reference = reference_decode(clips[name])
+    info = probe(clips[name])
+    pts = info.index.pts.copy()
+    pts[1] += 1  # frames are 512 ticks apart: still sorted, now unmatched
+    index = FrameIndex(info.index.time_base, pts, info.index.keyframe, info.index.complete, info.index.declared_seconds)
+    pixels, positions = decode_positions(dataclasses.replace(info, index=index), [1, 2], (WIDTH, HEIGHT), keyframes_only)
+    for got, position in zip(pixels, positions):
+        assert position != 1 and np.array_equal(got, reference.frames[position])  # positions 0 and 2 keep their pts
 
 
 @pytest.mark.parametrize("name", ["h264_bframes.mkv", "vp9.webm", "av1.mkv", "mpeg4_bframes.avi", "rotated.mp4"])
