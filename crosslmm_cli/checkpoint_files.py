@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import struct
+import zipfile
 from pathlib import Path
 
 from .errors import UserError
@@ -104,3 +105,31 @@ def check_checkpoint(folder: Path) -> None:
         if name in expected and not quantised and list(entry["shape"]) != expected[name]:
             raise UserError(f"{folder}: config.json and the weights disagree ({name} is {entry['shape']} in the file, "
                             f"{expected[name]} by the config); the two do not belong together")
+
+
+def check_training_state(folder: Path) -> None:
+    """:class:`UserError` unless each pickled file of a training checkpoint (accelerate's optimizer,
+    scheduler, sampler and random states) is in torch's own archive format, a zip, which torch reads
+    with its weights-only unpickler (tensors and plain containers; it runs no code). The random
+    states are read here too: accelerate would skip them silently when they do not load, and the
+    resumed run would no longer draw what the uninterrupted one does. Nothing else is read."""
+    import pickle
+
+    import torch
+
+    for path in sorted(folder.rglob("*")):
+        if path.suffix in PICKLE_SUFFIXES and path.is_file() and not zipfile.is_zipfile(path):
+            raise UserError(f"--resume: {path} is not a file crosslmm wrote (not torch's archive format); delete "
+                            f"{folder} to resume from the checkpoint before it, or start a new --output")
+    for path in sorted(folder.glob("random_states_*.pkl")):
+        try:
+            torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as error:
+            raise needs_code(path, error) from None
+
+
+def needs_code(path: Path, error: Exception) -> UserError:
+    """The error for a checkpoint file that torch's weights-only unpickler refuses (it would run code)."""
+    reason = str(error).strip().split(". ")[0].splitlines()[0] if str(error).strip() else type(error).__name__
+    return UserError(f"--resume: {path} holds a file that cannot be read without running code ({reason}); it is not "
+                     "a checkpoint crosslmm wrote: delete it to resume from the one before, or start a new --output")

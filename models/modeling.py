@@ -71,6 +71,12 @@ class CrossLMMForConditionalGeneration(CrossLMMPreTrainedModel, GenerationMixin)
         if self.generation_config is not None:
             self.generation_config.suppress_tokens = [config.video_token_id]  # the placeholder is never an answer
 
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        loaded = super().from_pretrained(*args, **kwargs)  # the model, or (model, loading info)
+        keep_4bit_weights_as_saved(loaded[0] if isinstance(loaded, tuple) else loaded)
+        return loaded
+
     # ---- plumbing expected by transformers / peft ---------------------------------------------
     def get_input_embeddings(self) -> nn.Module:
         return self.language_model.get_input_embeddings()
@@ -95,6 +101,14 @@ class CrossLMMForConditionalGeneration(CrossLMMPreTrainedModel, GenerationMixin)
             self.config.v2v = v2v
         if t2v is not None:
             self.config.t2v = t2v
+
+    def checkpoint_activations(self, use_reentrant: bool = False) -> None:
+        """Recompute activations in backward (gradient checkpointing), by the name the installed
+        transformers gives it: ``activation_checkpointing_enable`` from 5.23, the old name before."""
+        if hasattr(self, "activation_checkpointing_enable"):
+            self.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": use_reentrant})
+        else:
+            self.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": use_reentrant})
 
     # ---- vision ---------------------------------------------------------------------------------
     def encode_frames(self, frames: torch.Tensor, frames_per_batch: int = 32) -> torch.Tensor:
@@ -193,7 +207,6 @@ class CrossLMMForConditionalGeneration(CrossLMMPreTrainedModel, GenerationMixin)
         num_frames: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values=None,
         use_cache: bool | None = None,
         visual_memory: VisualMemory | None = None,
         logits_to_keep: int = 0,
@@ -223,7 +236,6 @@ class CrossLMMForConditionalGeneration(CrossLMMPreTrainedModel, GenerationMixin)
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
             use_cache=use_cache,
             labels=labels,
             logits_to_keep=logits_to_keep,
@@ -247,3 +259,13 @@ class CrossLMMForConditionalGeneration(CrossLMMPreTrainedModel, GenerationMixin)
         flat_positions = video_positions.flatten().nonzero().squeeze(1)  # (P,) row-major, same order as tokens
         pooled_positions = flat_positions[frame_ids >= 0].view(-1, self.config.tokens_per_frame)  # (F, g²)
         return inputs_embeds, pooled_positions
+
+
+def keep_4bit_weights_as_saved(model: nn.Module) -> None:
+    """Keep bitsandbytes' 4-bit layers in the layout they were loaded in. On CPUs with AVX512-BF16,
+    bitsandbytes 0.50 repacks a layer's weights on its first inference forward, turning the
+    double-quantised block scales into bfloat16 (lossy), and re-quantises them when saving: the
+    model's outputs move by ~6e-3 after its first forward, and so does every save made after it."""
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):  # bitsandbytes.nn.Linear4bit
+            module.support_avx512bf16_for_cpu = False

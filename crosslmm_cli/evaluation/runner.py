@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from ..errors import UserError
+from ..jsonl_files import append_row, read_rows, repair_tail
 from . import results_file
 from .postprocess import DEFAULT_REASONING_TAGS, filtered_response
 from .tasks import LMMS_EVAL_VERSION, TASKS, Doc, Task, videomme_subtitle_prompt
@@ -82,36 +83,6 @@ def barrier(world: int) -> None:
 
 
 # ---- samples files ----------------------------------------------------------------------------------
-def read_samples(path: Path) -> list[dict]:
-    """The complete lines of a samples file (a line cut by an interrupt is dropped)."""
-    if not path.exists():
-        return []
-    samples = []
-    for line in path.read_text(encoding="utf-8-sig", errors="replace").splitlines():
-        try:
-            samples.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return samples
-
-
-def repair_tail(path: Path) -> None:
-    """End the file with a complete line: a last line cut by a crash (disk full, power loss) is
-    dropped, so the next sample appended starts a line of its own instead of merging with it."""
-    data = path.read_bytes() if path.exists() else b""
-    if not data or data.endswith(b"\n"):
-        return
-    cut = data.rfind(b"\n") + 1
-    try:
-        json.loads(data[cut:])
-        data += b"\n"  # complete but for its newline
-    except ValueError:
-        data = data[:cut]
-    tmp = path.with_suffix(".jsonl.tmp")
-    tmp.write_bytes(data)
-    tmp.replace(path)
-
-
 def check_generation_settings(settings: EvalSettings, task: Task, has_samples: bool, write: bool) -> None:
     """Samples of one output folder come from one model and one generation setting: a resume with
     other settings is refused before any weight is loaded; the settings are written with the first
@@ -129,13 +100,6 @@ def check_generation_settings(settings: EvalSettings, task: Task, has_samples: b
                             "the same settings to resume, or choose another --output")
     if write:
         path.write_text(json.dumps(now, indent=1))
-
-
-def append_sample(path: Path, sample: dict) -> None:
-    with open(path, "a") as f:
-        f.write(json.dumps(sample, ensure_ascii=False) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
 
 
 def samples_path(output: Path, task: str, rank: int | None = None) -> Path:
@@ -190,7 +154,7 @@ def run_model(settings: EvalSettings, task: Task, docs: list[Doc], path: Path,
             info, frames = read_frames(group[0].video, ask_settings.request)
         except UserError as error:
             for doc in group:  # recorded, counted, reported; the run goes on
-                append_sample(path, {"doc_id": doc.doc_id, "task": doc.task, "doc": doc.data, "missing_video": str(doc.video),
+                append_row(path, {"doc_id": doc.doc_id, "task": doc.task, "doc": doc.data, "missing_video": str(doc.video),
                                      "error": str(error)})
                 on_sample()
             continue
@@ -200,7 +164,7 @@ def run_model(settings: EvalSettings, task: Task, docs: list[Doc], path: Path,
             prompt = task.prompt(doc)
             answer = session.ask_alone(prompt)
             prefill_seconds.append(answer.time_to_first_token)
-            append_sample(path, sample_record(task, doc, prompt, answer.text, settings))
+            append_row(path, sample_record(task, doc, prompt, answer.text, settings))
             on_sample()
     device = model.device
     return {
@@ -311,7 +275,7 @@ def read_responses(path: Path, task: Task, docs: list[Doc]) -> list[dict]:
     members = {name: [doc for doc in docs if task_of(task, doc) == name] for name in names}
     samples = []
     for file in files:
-        for number, sample in enumerate(read_samples(file), 1):
+        for number, sample in enumerate(read_rows(file), 1):
             where = f"--responses {file} sample {number}"
             if not isinstance(sample, dict) or not isinstance(sample.get("doc_id"), int) or (
                 raw_response(sample) is None and "missing_video" not in sample
@@ -331,6 +295,9 @@ def read_responses(path: Path, task: Task, docs: list[Doc]) -> list[dict]:
             doc = members[name][sample["doc_id"]]
             samples.append({"doc_id": doc.doc_id, "task": name, "doc": doc.data, "target": task.target(doc),
                             "resps": [[raw_response(sample)]], "filtered_resps": [raw_response(sample)]})
+    if not samples:
+        raise UserError(f"--responses {path} holds no samples line (not one complete JSON line); give a "
+                        "samples_<task>.jsonl that `crosslmm eval` or lmms-eval wrote")
     return samples
 
 
@@ -353,12 +320,16 @@ def evaluate(settings: EvalSettings, progress: Callable[[int], Callable[[], None
         samples = read_responses(settings.responses, task, docs)
         rank, world = 0, 1
     else:
+        if docs and not any(doc.video.exists() for doc in docs):
+            raise UserError(f"none of the {len({doc.video for doc in docs})} videos of {task.name} is in "
+                            f"{settings.data_dir} (the first: {docs[0].video}); point --data-dir at the benchmark's "
+                            "folder with its videos")
         rank, world = distributed()
         merged = samples_path(settings.output, task.name)
         files = [merged] + [samples_path(settings.output, task.name, r) for r in range(world)] if world > 1 else [merged]
         own = samples_path(settings.output, task.name, rank if world > 1 else None)
         repair_tail(own)
-        finished = [s for path in files for s in read_samples(path)]
+        finished = [s for path in files for s in read_rows(path)]
         check_generation_settings(settings, task, has_samples=bool(finished), write=rank == 0)
         # what an interrupted run finished; a video missing then and there now is asked about again
         done = {s["doc_id"] for s in finished if not ("missing_video" in s and Path(s["missing_video"]).is_file())}
@@ -369,8 +340,13 @@ def evaluate(settings: EvalSettings, progress: Callable[[int], Callable[[], None
         barrier(world)
         if rank != 0:
             return None
-        samples = list({s["doc_id"]: s for path in files for s in read_samples(path)}.values())
+        samples = list({s["doc_id"]: s for path in files for s in read_rows(path)}.values())
     results, scored = score(task, docs, samples, settings.parser, settings.reasoning_tags)
+    if scored and all("missing_video" in sample for sample in scored):
+        first = scored[0]
+        raise UserError(f"no question of {task.name} could be scored: all {len(scored)} videos were missing or unreadable "
+                        f"(the first: {first.get('error') or first['missing_video']}); the samples stay in "
+                        f"{settings.output}; fix the videos and rerun the same command")
     report = write_results(settings, task, results, scored, efficiency, collections.Counter(task_of(task, d) for d in all_docs))
     if world > 1:
         for other in range(world):

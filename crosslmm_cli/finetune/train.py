@@ -9,6 +9,7 @@ import os
 import re
 import shutil
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,8 +19,9 @@ import torch
 from crosslmm import save_checkpoint
 from crosslmm.loading import save_partial_checkpoint
 
-from ..checkpoint_files import read_config
+from ..checkpoint_files import check_training_state, needs_code, read_config
 from ..errors import UserError
+from ..jsonl_files import append_row, read_rows
 from ..model_source import cache_home, is_checkpoint_dir, open_model, pick_device
 from .data import read_folder, video_missing
 from .loader import default_workers, make_loader, share_cores, take_problems
@@ -125,8 +127,11 @@ def configure_stage(model, settings: FinetuneSettings):
     if settings.stage == 2 and not settings.full:
         from peft import LoraConfig, get_peft_model
 
-        model = get_peft_model(model, LoraConfig(r=settings.lora_rank, lora_alpha=settings.lora_alpha,
-                                                 lora_dropout=0.05, target_modules=LLM_LINEARS))
+        with warnings.catch_warnings():
+            # peft 0.21 reads transformers' old name (is_gradient_checkpointing), deprecated in 5.25
+            warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+            model = get_peft_model(model, LoraConfig(r=settings.lora_rank, lora_alpha=settings.lora_alpha,
+                                                     lora_dropout=0.05, target_modules=LLM_LINEARS))
     core = model.get_base_model() if hasattr(model, "get_base_model") else model
     new_parts = [core.multi_modal_projector]
     for layer in core.cross_attention_layers():
@@ -156,6 +161,11 @@ def configure_stage(model, settings: FinetuneSettings):
         for unused in ("post_layernorm", "head"):  # the features are encoder layers' outputs: these never get a gradient
             if getattr(core.vision_tower, unused, None) is not None:
                 getattr(core.vision_tower, unused).requires_grad_(False)
+        for name, p in core.vision_tower.named_parameters():
+            # a key bias without position encoding adds one constant to every score of a query, which the
+            # softmax cancels: its gradient is zero but for rounding, which Adam would blow up to lr-sized steps
+            if name.endswith("self_attn.k_proj.bias"):
+                p.requires_grad_(False)
         groups.append({"params": [p for p in core.vision_tower.parameters() if p.requires_grad], "lr": settings.vision_lr})
     return model, groups
 
@@ -286,7 +296,7 @@ def plot_loss(metrics_path: Path, png: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [json.loads(line) for line in metrics_path.read_text().splitlines()]
+    rows = read_rows(metrics_path)
     figure, axis = plt.subplots(figsize=(6, 3.5))
     axis.plot([r["step"] for r in rows], [r["loss"] for r in rows])
     axis.set_xlabel("optimizer step")
@@ -319,6 +329,8 @@ def finetune(settings: FinetuneSettings, report: Callable[[str], None] = lambda 
         raise UserError(f"{settings.output} already holds a training run; pass --resume to continue it, or choose another --output")
     launch = launched_as(accelerator)
     resumed_state = check_resumable(last_checkpoint, settings, launch) if settings.resume else None
+    if resumed_state is not None:
+        check_training_state(last_checkpoint)
 
     folder = read_folder(settings.folder, check_videos=video_missing)
     for problem in folder.problems:
@@ -337,10 +349,7 @@ def finetune(settings: FinetuneSettings, report: Callable[[str], None] = lambda 
                                   tokens_per_frame=settings.tokens_per_frame)
     model.train()
     if settings.gradient_checkpointing:
-        if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.23's name
-            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-        else:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.checkpoint_activations(use_reentrant=False)
     model, groups = configure_stage(model, settings)
     trained = trained_tensor_names(model)
     trained_parameters = sum(p.numel() for g in groups for p in g["params"])
@@ -360,15 +369,15 @@ def finetune(settings: FinetuneSettings, report: Callable[[str], None] = lambda 
 
     step, start_epoch, skip = 0, 0, 0
     if resumed_state is not None:
-        accelerator.load_state(str(last_checkpoint), strict=False)  # the trained tensors; the rest is the base's
+        load_training_state(accelerator, last_checkpoint)
         step, start_epoch, skip = resumed_state["step"], resumed_state["epoch"], resumed_state["batches_in_epoch"]
         report(f"resuming from {last_checkpoint.name} (step {step})")
     settings.output.mkdir(parents=True, exist_ok=True)
     metrics_path = settings.output / "metrics.jsonl"
-    if accelerator.is_main_process:  # keep the rows up to the step resumed from (an interrupt may have written more)
-        kept = [line for line in (metrics_path.read_text().splitlines() if metrics_path.exists() else [])
-                if settings.resume and json.loads(line)["step"] <= step]
-        metrics_path.write_text("".join(line + "\n" for line in kept))
+    if accelerator.is_main_process:  # keep the rows up to the step resumed from (an interrupt may have written
+        # more, and a crash half a line)
+        kept = [row for row in read_rows(metrics_path) if settings.resume and row["step"] <= step]
+        metrics_path.write_text("".join(json.dumps(row) + "\n" for row in kept))
     tick = progress(total_steps, step) if progress and accelerator.is_main_process else (lambda row: None)
 
     began, window_samples, losses = time.perf_counter(), 0, []
@@ -403,8 +412,7 @@ def finetune(settings: FinetuneSettings, report: Callable[[str], None] = lambda 
                    "samples_per_s": window_samples / elapsed if elapsed > 0 else 0.0}
             losses, window_samples, began = [], 0, time.perf_counter()
             if accelerator.is_main_process:
-                with open(metrics_path, "a") as f:
-                    f.write(json.dumps(row) + "\n")
+                append_row(metrics_path, row)
             tick(row)
             if step % settings.save_every == 0 or step == total_steps:
                 save_state(accelerator, settings, launch, step, epoch, seen)
@@ -426,6 +434,17 @@ def finetune(settings: FinetuneSettings, report: Callable[[str], None] = lambda 
         return None
     return {"steps": step, "rows": len(folder.rows) - len(bad_lines), "skipped_rows": len(folder.problems) + len(bad_lines),
             "saved": written, "trained_parameters": trained_parameters}
+
+
+def load_training_state(accelerator, checkpoint: Path) -> None:
+    """accelerate's state from ``checkpoint`` (the trained tensors; the rest is the base's); a file
+    torch's weights-only unpickler refuses (it would have to run code) is a :class:`UserError`."""
+    import pickle
+
+    try:
+        accelerator.load_state(str(checkpoint), strict=False)
+    except pickle.UnpicklingError as error:
+        raise needs_code(checkpoint, error) from None
 
 
 def save_state(accelerator, settings: FinetuneSettings, launch: dict, step: int, epoch: int, batches_in_epoch: int) -> None:

@@ -176,13 +176,36 @@ def test_damaged_eval_rows(tmp_path, row):
     one_error_line(result, "jsonl")
 
 
-def test_every_video_missing_still_writes_results(tiny_checkpoint, tmp_path):
+def test_every_video_missing_is_refused_before_the_model_loads(tiny_checkpoint, tmp_path):
     data = jsonl_benchmark(tmp_path / "bench", [{"video": "gone.mp4", "question": "q", "answer": "a"}] * 2)
     result = runner.invoke(app, ["eval", "jsonl", "--data-dir", str(data), "--output", str(tmp_path / "out"),
                                  "--model", str(tiny_checkpoint), "--frames", "2"])
-    assert result.exit_code == 0, result.output
-    report = json.loads((tmp_path / "out" / "results.json").read_text())
-    assert report["results"]["jsonl"]["missing_videos"] == 2 and report["results"]["jsonl"]["samples"] == 0
+    one_error_line(result, "none of the 1 videos of jsonl", "gone.mp4", "--data-dir")
+    assert not (tmp_path / "out" / "results.json").exists() and not (tmp_path / "out" / "samples_jsonl.jsonl").exists()
+
+
+def test_every_video_unreadable_scores_nothing_and_is_refused(tiny_checkpoint, tmp_path):
+    data = jsonl_benchmark(tmp_path / "bench", [{"video": f"v{i}.mp4", "question": "q", "answer": "a"} for i in range(2)])
+    for i in range(2):
+        (data / f"v{i}.mp4").write_text("not a video\n")
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["eval", "jsonl", "--data-dir", str(data), "--output", str(out),
+                                 "--model", str(tiny_checkpoint), "--frames", "2"])
+    one_error_line(result, "no question of jsonl could be scored", "all 2 videos", "not a readable video")
+    assert not (out / "results.json").exists()
+    samples = [json.loads(line) for line in (out / "samples_jsonl.jsonl").read_text().splitlines()]
+    assert [s["missing_video"] for s in samples] == [str(data / "v0.mp4"), str(data / "v1.mp4")]  # recorded, not lost
+
+
+@pytest.mark.parametrize("content", ["", "\n", '{"doc_id": 0, "filtered_resps": "A"'])
+def test_responses_without_one_complete_line_are_refused(tmp_path, content):
+    data = jsonl_benchmark(tmp_path / "bench", [{"video": "v.mp4", "question": "q", "answer": "a"}])
+    responses = tmp_path / "samples_jsonl.jsonl"
+    responses.write_text(content)
+    result = runner.invoke(app, ["eval", "jsonl", "--data-dir", str(data), "--output", str(tmp_path / "out"),
+                                 "--responses", str(responses)])
+    one_error_line(result, "--responses", "holds no samples line")
+    assert not (tmp_path / "out" / "results.json").exists()
 
 
 @pytest.mark.parametrize("content", ['{"doc_id": 0, "resps": 5}\n', '{"doc_id": "x", "filtered_resps": "A"}\n',

@@ -137,6 +137,68 @@ def test_train_vision_opens_the_vision_tower(folder, tiny_checkpoint, tmp_path):
     assert any(n.startswith("vision_tower.") for n in changed(weights(tiny_checkpoint), weights(out)))
 
 
+def stop_after_checkpoint(folder, output, flags, monkeypatch, step: int) -> None:
+    """A run of ``flags`` stopped as Ctrl-C would, right after its checkpoint of ``step``."""
+    from crosslmm_cli.finetune import train as train_module
+
+    real_save = train_module.save_state
+
+    def save_then_stop(accelerator, settings, launch, saved_step, *rest):
+        real_save(accelerator, settings, launch, saved_step, *rest)
+        if saved_step == step:
+            raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(train_module, "save_state", save_then_stop)
+        assert train(folder, output, *flags).exit_code == 130
+
+
+def test_resume_drops_a_half_written_metrics_line(folder, tiny_checkpoint, tmp_path, monkeypatch):
+    """A crash or a full disk mid-write leaves metrics.jsonl ending in half a line: --resume goes on
+    with the complete rows and ends with the rows of a run never stopped."""
+    common = ["--model", str(tiny_checkpoint), "--full", "--max-steps", "4", "--save-every", "2", "--lr", "1e-3",
+              "--no-gradient-checkpointing"]
+    straight, cut = tmp_path / "straight", tmp_path / "cut"
+    assert train(folder, straight, *common).exit_code == 0
+    stop_after_checkpoint(folder, cut, common, monkeypatch, 2)
+    with open(cut / "metrics.jsonl", "a") as f:
+        f.write('{"step": 3, "epoch": 0, "loss": 5.1')
+    resumed = train(folder, cut, *common, "--resume")
+    assert resumed.exit_code == 0, resumed.output
+    assert [r["step"] for r in metrics(cut)] == [1, 2, 3, 4]
+    assert [r["loss"] for r in metrics(cut)] == pytest.approx([r["loss"] for r in metrics(straight)], rel=1e-5)
+
+
+class _RunsCode:
+    """Unpickling this calls os.system: what a planted checkpoint file would do."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+@pytest.mark.parametrize("name", ["optimizer.bin", "random_states_0.pkl"])
+@pytest.mark.parametrize("layout", ["raw pickle", "torch archive"])
+def test_planted_pickles_in_a_checkpoint_are_refused_unread(folder, tiny_checkpoint, tmp_path, monkeypatch, name, layout):
+    import pickle
+
+    common = ["--model", str(tiny_checkpoint), "--full", "--max-steps", "4", "--save-every", "2", "--workers", "0"]
+    out, marker = tmp_path / "run", tmp_path / "code-ran"
+    stop_after_checkpoint(folder, out, common, monkeypatch, 2)
+    planted = out / "checkpoints" / "step-000002" / name
+    if layout == "raw pickle":
+        planted.write_bytes(pickle.dumps(_RunsCode(marker)))
+    else:
+        torch.save(_RunsCode(marker), planted)
+    result = train(folder, out, *common, "--resume")
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert result.exit_code == 1 and len(errors) == 1 and "Traceback" not in result.output, result.output
+    assert ("not a file crosslmm wrote" if layout == "raw pickle" else "cannot be read without running code") in errors[0]
+    assert not marker.exists()
+
+
 @pytest.mark.parametrize("stage", [["--full"], []], ids=["full", "lora"])
 def test_resume_continues_from_the_saved_step_with_the_same_data_order(folder, tiny_checkpoint, tmp_path, monkeypatch,
                                                                       stage):
@@ -145,19 +207,8 @@ def test_resume_continues_from_the_saved_step_with_the_same_data_order(folder, t
     straight = tmp_path / "straight"
     assert train(folder, straight, *common).exit_code == 0
 
-    from crosslmm_cli.finetune import train as train_module
-
-    real_save = train_module.save_state
-
-    def save_then_stop(accelerator, settings, launch, step, *rest):
-        real_save(accelerator, settings, launch, step, *rest)
-        if step == 3:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(train_module, "save_state", save_then_stop)
     interrupted = tmp_path / "interrupted"
-    assert train(folder, interrupted, *common).exit_code == 130
-    monkeypatch.setattr(train_module, "save_state", real_save)
+    stop_after_checkpoint(folder, interrupted, common, monkeypatch, 3)
     again = train(folder, interrupted, *common)
     assert again.exit_code == 1 and "--resume" in again.output
     resumed = train(folder, interrupted, *common, "--resume")

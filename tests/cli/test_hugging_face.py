@@ -57,14 +57,33 @@ def test_hugging_face_generate_answers_as_crosslmm_ask(tiny_checkpoint, videos):
 
 
 def test_a_saved_nf4_model_reloads_with_defaults(tiny_checkpoint, tmp_path):
+    """Saved after it has answered (bitsandbytes may repack 4-bit weights on a CPU's first forward),
+    the model reloads to the same outputs; the expected ones are taken before saving."""
     quantised, processor = load_checkpoint(tiny_checkpoint, quantize="nf4")
-    save_checkpoint(quantised, processor, tmp_path / "nf4")
     batch = processor(question(), [random_video(2)])
     expected = quantised.generate(**batch, max_new_tokens=6, min_new_tokens=6, do_sample=False)
+    logits = quantised(**batch).logits
+    save_checkpoint(quantised, processor, tmp_path / "nf4")
     for reloaded in (load_model(tmp_path / "nf4"), AutoModelForImageTextToText.from_pretrained(tmp_path / "nf4")):
         assert reloaded.generate(**batch, max_new_tokens=6, min_new_tokens=6, do_sample=False).tolist() == expected.tolist()
+        torch.testing.assert_close(reloaded(**batch).logits, logits, rtol=0, atol=1e-6)
     with pytest.raises(ValueError, match="already quantised as nf4"):
         load_model(tmp_path / "nf4", quantize="int8")
+
+
+def test_a_4bit_layer_computes_with_its_stored_weights_after_forwards(tiny_checkpoint):
+    """bitsandbytes' own dequantisation of the stored 4-bit state is the reference: a layer's output
+    equals it on the first forward and on later ones (no lossy repacking in memory)."""
+    import bitsandbytes
+
+    quantised, _ = load_checkpoint(tiny_checkpoint, quantize="nf4")
+    layer = quantised.language_model.model.layers[0].mlp.down_proj
+    weight = bitsandbytes.functional.dequantize_4bit(layer.weight.data, layer.weight.quant_state).float()  # (out, in)
+    x = torch.randn(3, layer.in_features, generator=torch.Generator().manual_seed(0)).to(layer.compute_dtype)
+    reference = x @ weight.to(x.dtype).T  # (3, out) in the compute dtype; repacked scales were 4e-3 off
+    with torch.inference_mode():
+        for _ in range(2):
+            torch.testing.assert_close(layer(x), reference, rtol=0, atol=1e-3)
 
 
 def test_init_shards_at_the_size_asked_and_the_shards_load(tmp_path, videos):
