@@ -549,3 +549,28 @@ def test_a_folder_of_videos_that_do_not_decode_stops_with_one_line(tmp_path, tin
     result = train(tmp_path, tmp_path.parent / f"{tmp_path.name}-out", "--model", str(tiny_checkpoint), "--workers", "1")
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert "no readable video in 2 rows in a row" in " ".join(result.output.split())
+
+
+def test_train_vision_leaves_out_the_key_biases_the_softmax_cancels(tmp_path):
+    """Autograd is the reference: the vision tower's attention key biases get no gradient but
+    rounding (a constant added to all of a query's scores), so --train-vision does not train them;
+    every other weight of its encoder layers it trains."""
+    from crosslmm import build_tiny
+    from crosslmm_cli.finetune.train import FinetuneSettings, configure_stage
+    from tests.helpers import open_gates, question, random_video
+
+    model, processor = build_tiny(seed=0)
+    open_gates(model, 0.7)
+    model.train()
+    batch = processor(question(), [random_video(3)])
+    model(**batch, labels=batch["input_ids"]).loss.backward()
+    gradients = {n: p.grad.abs().max().item() for n, p in model.vision_tower.named_parameters() if p.grad is not None}
+    keys = [n for n in gradients if n.endswith("self_attn.k_proj.bias")]
+    assert keys and all(gradients[n] < 1e-6 * gradients[n.replace(".k_proj.", ".q_proj.")] for n in keys)
+
+    (tmp_path / "data").mkdir()
+    settings = FinetuneSettings(tmp_path / "data", tmp_path / "out", full=True, train_vision=True)
+    model, groups = configure_stage(build_tiny(seed=0)[0], settings)
+    trained = {id(p) for group in groups for p in group["params"]}
+    for name, p in model.vision_tower.encoder.named_parameters():
+        assert (id(p) in trained) == (not name.endswith("self_attn.k_proj.bias")), name
