@@ -110,12 +110,12 @@ def check_checkpoint(folder: Path) -> None:
 def check_training_state(folder: Path) -> None:
     """:class:`UserError` unless each pickled file of a training checkpoint (accelerate's optimizer,
     scheduler, sampler and random states) is in torch's own archive format, a zip, which torch reads
-    with its weights-only unpickler (tensors and plain containers; it runs no code). The random
-    states are read here too: accelerate would skip them silently when they do not load, and the
-    resumed run would no longer draw what the uninterrupted one does. Nothing else is read."""
+    with its weights-only unpickler (tensors, numpy arrays and plain containers; it runs no code).
+    The random states are read here too: accelerate would skip them silently when they do not load,
+    and the resumed run would no longer draw what the uninterrupted one does. Nothing else is read."""
     import pickle
 
-    import torch
+    from accelerate.utils import load
 
     for path in sorted(folder.rglob("*")):
         if path.suffix in PICKLE_SUFFIXES and path.is_file() and not zipfile.is_zipfile(path):
@@ -123,7 +123,7 @@ def check_training_state(folder: Path) -> None:
                             f"{folder} to resume from the checkpoint before it, or start a new --output")
     for path in sorted(folder.glob("random_states_*.pkl")):
         try:
-            torch.load(path, map_location="cpu", weights_only=True)
+            load(path, map_location="cpu")  # accelerate's own reader: weights-only, numpy arrays allowed
         except pickle.UnpicklingError as error:
             raise needs_code(path, error) from None
 

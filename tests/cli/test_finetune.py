@@ -199,6 +199,28 @@ def test_planted_pickles_in_a_checkpoint_are_refused_unread(folder, tiny_checkpo
     assert not marker.exists()
 
 
+def test_resume_restores_the_random_states_it_saved(folder, tiny_checkpoint, tmp_path, monkeypatch):
+    """accelerate skips random_states_0.pkl silently when it does not load: the resume must really
+    put the saved states back (the file read with torch's weights-only reader is the reference)."""
+    import numpy as np
+    from accelerate import Accelerator
+
+    from crosslmm_cli.finetune.train import load_training_state
+
+    out = tmp_path / "run"
+    stop_after_checkpoint(folder, out, ["--model", str(tiny_checkpoint), "--full", "--max-steps", "4", "--save-every", "2",
+                                        "--workers", "0"], monkeypatch, 2)
+    checkpoint = out / "checkpoints" / "step-000002"
+    numpy_array = [np.ndarray, np.dtype, np._core.multiarray._reconstruct, type(np.dtype(np.uint32))]
+    with torch.serialization.safe_globals(numpy_array):
+        saved = torch.load(checkpoint / "random_states_0.pkl", weights_only=True)
+    torch.manual_seed(12345)
+    np.random.seed(12345)
+    load_training_state(Accelerator(cpu=True), checkpoint)
+    assert torch.equal(torch.get_rng_state(), saved["torch_manual_seed"])
+    assert np.array_equal(np.random.get_state()[1], saved["numpy_random_seed"][1])
+
+
 @pytest.mark.parametrize("stage", [["--full"], []], ids=["full", "lora"])
 def test_resume_continues_from_the_saved_step_with_the_same_data_order(folder, tiny_checkpoint, tmp_path, monkeypatch,
                                                                       stage):
