@@ -155,7 +155,7 @@ def run_model(settings: EvalSettings, task: Task, docs: list[Doc], path: Path,
         except UserError as error:
             for doc in group:  # recorded, counted, reported; the run goes on
                 append_row(path, {"doc_id": doc.doc_id, "task": doc.task, "doc": doc.data, "missing_video": str(doc.video),
-                                     "error": str(error)})
+                                  "error": str(error)})
                 on_sample()
             continue
         decode_seconds.append(frames.seconds)

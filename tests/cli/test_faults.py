@@ -197,26 +197,22 @@ def test_every_video_unreadable_scores_nothing_and_is_refused(tiny_checkpoint, t
     assert [s["missing_video"] for s in samples] == [str(data / "v0.mp4"), str(data / "v1.mp4")]  # recorded, not lost
 
 
-@pytest.mark.parametrize("content", ["", "\n", '{"doc_id": 0, "filtered_resps": "A"'])
-def test_responses_without_one_complete_line_are_refused(tmp_path, content):
+@pytest.mark.parametrize("content, message", [
+    ("", "holds no samples line"), ("\n", "holds no samples line"),
+    ('{"doc_id": 0, "filtered_resps": "A"', "holds no samples line"),  # a last line cut short
+    ('{"doc_id": 0, "resps": 5}\n', "not a samples line of crosslmm or lmms-eval"),
+    ('{"doc_id": "x", "filtered_resps": "A"}\n', "not a samples line of crosslmm or lmms-eval"),
+    ("[1, 2]\n", "not a samples line of crosslmm or lmms-eval"),
+    ('{"answer": "A"}\n', "not a samples line of crosslmm or lmms-eval"),
+])
+def test_responses_without_a_usable_line_are_refused(tmp_path, content, message):
     data = jsonl_benchmark(tmp_path / "bench", [{"video": "v.mp4", "question": "q", "answer": "a"}])
     responses = tmp_path / "samples_jsonl.jsonl"
     responses.write_text(content)
     result = runner.invoke(app, ["eval", "jsonl", "--data-dir", str(data), "--output", str(tmp_path / "out"),
                                  "--responses", str(responses)])
-    one_error_line(result, "--responses", "holds no samples line")
+    one_error_line(result, "--responses", message)
     assert not (tmp_path / "out" / "results.json").exists()
-
-
-@pytest.mark.parametrize("content", ['{"doc_id": 0, "resps": 5}\n', '{"doc_id": "x", "filtered_resps": "A"}\n',
-                                     '[1, 2]\n', '{"answer": "A"}\n'])
-def test_responses_of_another_schema(tmp_path, content):
-    data = jsonl_benchmark(tmp_path / "bench", [{"video": "v.mp4", "question": "q", "answer": "a"}])
-    responses = tmp_path / "responses.jsonl"
-    responses.write_text(content)
-    result = runner.invoke(app, ["eval", "jsonl", "--data-dir", str(data), "--output", str(tmp_path / "out"),
-                                 "--responses", str(responses)])
-    one_error_line(result, "--responses", "not a samples line of crosslmm or lmms-eval")
 
 
 # ---- finetune annotations --------------------------------------------------------------------------
