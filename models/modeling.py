@@ -26,8 +26,10 @@ class CrossLMMPreTrainedModel(PreTrainedModel):
     config_class = CrossLMMConfig
     base_model_prefix = "crosslmm"
     supports_gradient_checkpointing = True
-    # by class name; the layers with a DCAL are instances of their LLM layer's class
-    _no_split_modules = ["Qwen2DecoderLayer", "LlamaDecoderLayer", "SiglipEncoderLayer"]
+    # by class name: the LLM layers, the same layers with a DCAL mixed in (cross_attention.with_cross_attention
+    # names them), the vision tower's
+    _no_split_modules = ["Qwen2DecoderLayer", "LlamaDecoderLayer", "Qwen2DecoderLayerWithCrossAttention",
+                         "LlamaDecoderLayerWithCrossAttention", "SiglipEncoderLayer"]
     _supports_sdpa = True
     _supports_flash_attn = True
     _supports_attention_backend = True

@@ -86,6 +86,27 @@ def test_a_4bit_layer_computes_with_its_stored_weights_after_forwards(tiny_check
             torch.testing.assert_close(layer(x), reference, rtol=0, atol=1e-3)
 
 
+@pytest.mark.parametrize("share", [0.8, 0.85, 0.9])
+def test_device_map_with_max_memory_keeps_every_decoder_layer_whole(tiny_checkpoint, tmp_path, share):
+    """accelerate places whole modules of the classes a model lists as unsplittable: a DCAL layer
+    (its LLM layer's class with the cross-attention mixed in) must be one of them. These shares of
+    the memory the model needs cut through the DCAL layer (layer 3) when it is not; the offloaded
+    model still gives the logits of the one in memory."""
+    from accelerate.utils import compute_module_sizes
+
+    whole = load_model(tiny_checkpoint)
+    limit = int(compute_module_sizes(whole)[""] * share)
+    placed = AutoModelForImageTextToText.from_pretrained(tiny_checkpoint, device_map="auto",
+                                                         max_memory={"cpu": limit, "disk": 10**12},
+                                                         offload_folder=str(tmp_path / "offload"))
+    assert "disk" in placed.hf_device_map.values()
+    layers = [name for name in placed.hf_device_map if name.startswith("language_model.model.layers.")]
+    assert layers and all(name.count(".") == 3 for name in layers), layers  # ...layers.N, never a part of one
+    batch = AutoProcessor.from_pretrained(tiny_checkpoint)(question(), [random_video(2)])
+    with torch.no_grad():
+        torch.testing.assert_close(placed(**batch).logits, whole(**batch).logits)
+
+
 def test_init_shards_at_the_size_asked_and_the_shards_load(tmp_path, videos):
     result = CliRunner().invoke(app, ["init", "tiny", str(tmp_path / "sharded"), "--max-shard-size", "200KB"])
     assert result.exit_code == 0, result.output
