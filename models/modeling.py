@@ -203,7 +203,7 @@ class CrossLMMForConditionalGeneration(CrossLMMPreTrainedModel, GenerationMixin)
     # ---- forward --------------------------------------------------------------------------------
     def forward(
         self,
-        input_ids: torch.LongTensor,
+        input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         pixel_values_videos: torch.Tensor | None = None,
         num_frames: torch.Tensor | None = None,
@@ -212,12 +212,18 @@ class CrossLMMForConditionalGeneration(CrossLMMPreTrainedModel, GenerationMixin)
         use_cache: bool | None = None,
         visual_memory: VisualMemory | None = None,
         logits_to_keep: int = 0,
+        inputs_embeds: torch.Tensor | None = None,
         **kwargs,
     ) -> CausalLMOutputWithPast:
         """input_ids (B, L) with the video placeholder repeated ``config.video_positions(T_b)`` times
         per sample; pixel_values_videos (B, T, 3, H, W); num_frames (B,) when frame counts differ.
-        Pass ``visual_memory`` instead of pixels to reuse an encoded video (generation, chat)."""
-        inputs_embeds = self.get_input_embeddings()(input_ids)  # (B, L, D)
+        Pass ``visual_memory`` instead of pixels to reuse an encoded video (generation, chat).
+        ``inputs_embeds`` (B, L, D), when given (peft's prompt-learning methods do), replace the
+        embedding lookup of ``input_ids``; the video still goes where ``input_ids`` hold its placeholder."""
+        if input_ids is None:
+            raise ValueError("CrossLMM needs input_ids (they say where each video goes), with or without inputs_embeds")
+        if inputs_embeds is None:
+            inputs_embeds = self.get_input_embeddings()(input_ids)  # (B, L, D)
         if visual_memory is None and pixel_values_videos is not None:
             visual_memory = self.encode_video(pixel_values_videos, num_frames)
 

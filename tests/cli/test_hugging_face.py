@@ -86,6 +86,34 @@ def test_a_4bit_layer_computes_with_its_stored_weights_after_forwards(tiny_check
             torch.testing.assert_close(layer(x), reference, rtol=0, atol=1e-3)
 
 
+# peft 0.21 itself reads transformers' deprecated is_gradient_checkpointing (as in finetune's get_peft_model)
+@pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning")
+def test_peft_causal_lm_recipe_trains_saves_and_reloads(tiny_checkpoint, tmp_path):
+    """peft's usual recipe, LoraConfig(task_type="CAUSAL_LM"): its wrapper passes inputs_embeds=None
+    along; training moves the loss, and the saved adapter on a fresh base gives the same logits."""
+    from peft import LoraConfig, PeftModel, get_peft_model
+
+    processor = AutoProcessor.from_pretrained(tiny_checkpoint)
+    batch = processor(question(), [random_video(2)])
+    model = get_peft_model(load_model(tiny_checkpoint), LoraConfig(task_type="CAUSAL_LM", r=4, lora_alpha=8,
+                                                                    target_modules=["q_proj", "v_proj"]))
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    losses = []
+    for _ in range(5):
+        loss = model(**batch, labels=batch["input_ids"]).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]
+    model.save_pretrained(tmp_path / "adapter")
+    assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
+    reloaded = PeftModel.from_pretrained(load_model(tiny_checkpoint), tmp_path / "adapter").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(**batch).logits, model.eval()(**batch).logits, rtol=0, atol=1e-6)
+        assert reloaded.generate(**batch, max_new_tokens=4, min_new_tokens=4, do_sample=False).shape[1] == batch["input_ids"].shape[1] + 4
+
+
 @pytest.mark.parametrize("share", [0.8, 0.85, 0.9])
 def test_device_map_with_max_memory_keeps_every_decoder_layer_whole(tiny_checkpoint, tmp_path, share):
     """accelerate places whole modules of the classes a model lists as unsplittable: a DCAL layer
