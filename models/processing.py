@@ -14,6 +14,7 @@ from .configuration import CrossLMMConfig, video_positions
 from .video_processing import CrossLMMVideoProcessor
 
 VIDEO_TOKEN = "<video>"
+VISUAL_PARTS = ("video", "image")  # chat content parts that stand for the sample's visual input
 SYSTEM_PROMPT = "You are a helpful assistant."
 
 # Qwen2's chat template (ChatML), the one LLaVA-OneVision and Qwen2.5 use for plain-text turns
@@ -109,14 +110,14 @@ class CrossLMMProcessor(ProcessorMixin):
     # ---- text -----------------------------------------------------------------------------------
     def render_messages(self, messages: Conversation, add_generation_prompt: bool = True) -> str:
         """Chat messages -> prompt text with the tokenizer's chat template. A content may be a string
-        or a list of parts (``{"type": "video"}`` / ``{"type": "text", "text": ...}``); a video part
-        becomes ``<video>\\n``."""
+        or a list of parts (``{"type": "video"}`` / ``{"type": "image"}`` / ``{"type": "text", "text": ...}``);
+        a video or image part becomes ``<video>\\n`` (an image is a one-frame video)."""
         flat = []
         for message in messages:
             content = message["content"]
             if not isinstance(content, str):
                 content = "".join(
-                    VIDEO_TOKEN + "\n" if part["type"] == "video" else part["text"] for part in content
+                    VIDEO_TOKEN + "\n" if part["type"] in VISUAL_PARTS else part["text"] for part in content
                 )
             flat.append({"role": message["role"], "content": content})
         return self.tokenizer.apply_chat_template(flat, tokenize=False, add_generation_prompt=add_generation_prompt)
@@ -151,23 +152,31 @@ class CrossLMMProcessor(ProcessorMixin):
     def __call__(
         self,
         text: str | Sequence[str] | Conversation | Sequence[Conversation] | None = None,
-        videos: Sequence[np.ndarray | torch.Tensor] | None = None,
+        videos=None,
+        images=None,
         add_generation_prompt: bool = True,
         padding_side: str = "left",
         return_tensors: str | None = "pt",
         **kwargs,
     ) -> BatchFeature:
         """Prompts (strings holding one ``<video>`` each, or chat conversations, rendered with the
-        chat template) and one video (T, H, W, 3) per prompt -> input_ids, attention_mask (B, L),
-        pixel_values_videos (B, T_max, 3, S, S) zero-padded, num_frames (B,)."""
-        if text is None or videos is None:
-            raise ValueError("CrossLMMProcessor needs text (prompts or conversations) and videos, one per prompt")
+        chat template) and one visual input per prompt -> input_ids, attention_mask (B, L),
+        pixel_values_videos (B, T_max, 3, S, S) zero-padded, num_frames (B,).
+
+        ``videos``: one video ((T, H, W, 3) or (T, 3, H, W) frames) or a list, one per prompt.
+        ``images``: an image (PIL or (H, W, 3)) is a one-frame video; a list of images with one prompt
+        is a multi-image sample (the images are its frames); with several prompts, one entry (an image
+        or a list of images) per prompt."""
+        if text is None or (videos is None) == (images is None):
+            raise ValueError("CrossLMMProcessor needs text (prompts or conversations) and either videos or images, "
+                             "one visual input per prompt")
         if isinstance(text, str) or (text and isinstance(text[0], dict)):
             text = [text]
         prompts = [item if isinstance(item, str) else self.render_messages(item, add_generation_prompt) for item in text]
-        if len(prompts) != len(videos):
-            raise ValueError(f"{len(prompts)} prompts but {len(videos)} videos")
-        pixels = self.video_processor(videos, return_tensors=return_tensors)
+        samples = _per_prompt(videos, len(prompts)) if images is None else _images_per_prompt(images, len(prompts))
+        if len(prompts) != len(samples):
+            raise ValueError(f"{len(prompts)} prompts but {len(samples)} {'videos' if images is None else 'image inputs'}")
+        pixels = self.video_processor(samples, return_tensors=return_tensors)
         prompts = [self.expand_video_placeholder(prompt, int(n)) for prompt, n in zip(prompts, pixels["num_frames"])]
         self.tokenizer.padding_side = padding_side
         ids = self.tokenizer(prompts, return_tensors=return_tensors, padding=True, add_special_tokens=False)
@@ -175,3 +184,26 @@ class CrossLMMProcessor(ProcessorMixin):
 
     def decode(self, token_ids: Sequence[int], skip_special_tokens: bool = True, **kwargs) -> str:
         return self.tokenizer.decode(token_ids, skip_special_tokens=skip_special_tokens, **kwargs)
+
+
+def _is_video(value) -> bool:
+    return isinstance(value, (np.ndarray, torch.Tensor)) and value.ndim == 4
+
+
+def _is_image(value) -> bool:
+    return hasattr(value, "convert") or (isinstance(value, (np.ndarray, torch.Tensor)) and value.ndim == 3)
+
+
+def _per_prompt(videos, prompts: int) -> list:
+    """``videos`` as one entry per prompt: a bare video array is one video (as LLaVA-OneVision takes it)."""
+    return [videos] if _is_video(videos) else list(videos)
+
+
+def _images_per_prompt(images, prompts: int) -> list[list]:
+    """``images`` as one list of images per prompt (see ``CrossLMMProcessor.__call__``)."""
+    if _is_image(images):
+        return [[images]]
+    images = list(images)
+    if prompts == 1 and all(_is_image(image) for image in images):
+        return [images]
+    return [[entry] if _is_image(entry) else list(entry) for entry in images]

@@ -42,14 +42,29 @@ class CrossLMMVideoProcessor(VideoProcessorMixin):
         std = torch.tensor(self.image_std).view(1, 3, 1, 1)
         return (pixels - mean) / std
 
+    def sample_to_pixels(self, sample) -> torch.Tensor:
+        """One sample's visual input -> (T, 3, S, S): a video as (T, H, W, 3) or channels-first
+        (T, 3, H, W) uint8 RGB frames, or a list of images (PIL images or (H, W, 3) arrays, of any
+        sizes), taken as the frames of a multi-image sample (one image: a one-frame video)."""
+        if isinstance(sample, (list, tuple)):
+            if not sample:
+                raise ValueError("an image list must hold at least one image")
+            return torch.cat([self.frames_to_pixels(image_array(image)[None]) for image in sample])
+        if np.ndim(sample) != 4 or 3 not in (np.shape(sample)[-1], np.shape(sample)[1]):
+            raise ValueError(f"a video must be (frames, height, width, 3) or (frames, 3, height, width) RGB frames, "
+                             f"got shape {tuple(np.shape(sample))}")
+        if np.shape(sample)[-1] != 3:  # channels first
+            sample = np.asarray(sample).transpose(0, 2, 3, 1) if isinstance(sample, np.ndarray) else sample.permute(0, 2, 3, 1)
+        return self.frames_to_pixels(sample)
+
     def preprocess(self, videos, return_tensors: str | None = "pt", **kwargs) -> BatchFeature:
-        """A video (T, H, W, 3) or a list of them -> ``pixel_values_videos`` (B, T_max, 3, S, S),
-        zero-padded, and ``num_frames`` (B,)."""
+        """A video, or a list of them (one per prompt; see :meth:`sample_to_pixels`) ->
+        ``pixel_values_videos`` (B, T_max, 3, S, S), zero-padded, and ``num_frames`` (B,)."""
         if isinstance(videos, (np.ndarray, torch.Tensor)) and np.ndim(videos) == 4:
             videos = [videos]
-        if not videos or any(np.ndim(video) != 4 or np.shape(video)[-1] != 3 for video in videos):
-            raise ValueError("videos must be (frames, height, width, 3) RGB arrays, one per prompt")
-        batch, num_frames = pad_videos([self.frames_to_pixels(video) for video in videos])
+        if not videos:
+            raise ValueError("no video given")
+        batch, num_frames = pad_videos([self.sample_to_pixels(video) for video in videos])
         return BatchFeature({"pixel_values_videos": batch, "num_frames": num_frames}, tensor_type=return_tensors)
 
 
@@ -61,3 +76,15 @@ def pad_videos(videos: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tens
     for row, video in zip(batch, videos):
         row[: len(video)] = video
     return batch, num_frames
+
+
+def image_array(image) -> np.ndarray:
+    """A PIL image, or an (H, W, 3) / (3, H, W) array -> (H, W, 3) uint8 RGB."""
+    if hasattr(image, "convert"):  # PIL
+        return np.array(image.convert("RGB"))  # a copy: torch takes no read-only arrays
+    array = np.asarray(image)
+    if array.ndim == 3 and array.shape[-1] != 3 and array.shape[0] == 3:
+        array = array.transpose(1, 2, 0)
+    if array.ndim != 3 or array.shape[-1] != 3:
+        raise ValueError(f"an image must be a PIL image or (height, width, 3) RGB, got shape {array.shape}")
+    return array

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from transformers import AutoConfig, AutoModel, AutoModelForImageTextToText, AutoProcessor
@@ -54,6 +55,40 @@ def test_hugging_face_generate_answers_as_crosslmm_ask(tiny_checkpoint, videos):
     sequences = model.generate(**inputs, max_new_tokens=12, do_sample=False)
     answer = processor.batch_decode(sequences[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)[0]
     assert answer == expected
+
+
+def test_an_image_through_the_processor_answers_as_crosslmm_ask(tiny_checkpoint, tmp_path):
+    """processor(images=PIL) with a chat's image part, as LLaVA-OneVision users write it, gives the
+    answer `crosslmm ask photo.png` gives (an image is a one-frame video in both)."""
+    from PIL import Image
+
+    pixels = np.random.default_rng(3).integers(0, 256, (40, 56, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "photo.png")
+    result = CliRunner().invoke(app, ["ask", str(tmp_path / "photo.png"), "What is shown?", "--model", str(tiny_checkpoint),
+                                      "--max-new-tokens", "12", "--json"])
+    assert result.exit_code == 0, result.output
+    processor = AutoProcessor.from_pretrained(tiny_checkpoint)
+    model = AutoModelForImageTextToText.from_pretrained(tiny_checkpoint).eval()
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is shown?"}]}]
+    inputs = processor(text=processor.apply_chat_template(messages, add_generation_prompt=True),
+                       images=Image.open(tmp_path / "photo.png"))
+    sequences = model.generate(**inputs, max_new_tokens=12, do_sample=False)
+    answer = processor.batch_decode(sequences[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)[0]
+    assert answer == json.loads(result.stdout)["answer"]
+
+
+def test_the_processor_takes_videos_and_images_in_the_layouts_hf_users_pass(tiny):
+    _, processor = tiny
+    video = random_video(3)
+    as_list = processor(question(), [video])["pixel_values_videos"]
+    for other in (video, torch.from_numpy(video).permute(0, 3, 1, 2), [video.transpose(0, 3, 1, 2)]):  # bare, channels first
+        assert torch.equal(processor(question(), other)["pixel_values_videos"], as_list)
+    several = processor(question(), images=[video[0], video[1], video[2]])  # a multi-image sample: the images are its frames
+    assert several["num_frames"].tolist() == [3] and torch.equal(several["pixel_values_videos"], as_list)
+    batch = processor([question(), question()], images=[video[0], [video[1], video[2]]])  # one entry per prompt
+    assert batch["num_frames"].tolist() == [1, 2]
+    with pytest.raises(ValueError, match="either videos or images"):
+        processor(question(), videos=[video], images=video[0])
 
 
 def test_a_saved_nf4_model_reloads_with_defaults(tiny_checkpoint, tmp_path):
