@@ -12,7 +12,7 @@ fetch() {
         --platform manylinux_2_28_x86_64 --platform manylinux_2_24_x86_64 --platform manylinux_2_17_x86_64 \
         --platform manylinux2014_x86_64 --platform any -d "$folder" "$@"
 }
-fetch .whl/a bitsandbytes==0.50.2 tokenizers==0.22.2 ffmpeg-python==0.2.0 future==1.0.0
-fetch .whl/b av==18.1.0 transformers==5.23.0
-fetch .whl/c imageio-ffmpeg==0.6.0
+fetch .whl/a bitsandbytes==0.50.2 tokenizers==0.23.3 ffmpeg-python==0.2.0 future==1.0.0
+fetch .whl/b av==18.1.0 transformers==5.25.0  # the versions of requirements.lock
+fetch .whl/c imageio-ffmpeg==0.6.0 huggingface_hub==2.4.0 safetensors==0.8.0  # transformers 5.25 needs these
 du -sh .whl/a .whl/b .whl/c
