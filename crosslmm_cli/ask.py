@@ -16,11 +16,7 @@ from crosslmm.cross_attention import VisualMemory
 
 from .errors import UserError
 from .model_source import open_model, pick_device
-from .video import SamplingRequest, SampledFrames, VideoInfo, read_frames
-
-
-# frames are decoded at most this large, then resized for the vision tower (384 px for SigLIP)
-MAX_SIDE = 768
+from .video import MAX_SIDE, SamplingRequest, SampledFrames, VideoInfo, read_frames
 
 
 @dataclass

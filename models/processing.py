@@ -123,16 +123,26 @@ class CrossLMMProcessor(ProcessorMixin):
         return self.tokenizer.apply_chat_template(flat, tokenize=False, add_generation_prompt=add_generation_prompt)
 
     def apply_chat_template(self, conversation: Conversation | Sequence[Conversation], chat_template=None,
-                            add_generation_prompt: bool = False, tokenize: bool = False, **kwargs):
-        """transformers' entry point: messages whose content parts may be videos -> the prompt text(s),
-        one ``<video>`` per video part, for ``processor(text=..., videos=frames)``. crosslmm decodes
-        videos itself (PyAV), so ``tokenize=True`` (which would load them) is not offered."""
-        if tokenize or chat_template is not None:
-            raise ValueError("CrossLMMProcessor.apply_chat_template renders text only (tokenize=False, the "
-                             "tokenizer's template); pass the prompt and the frames to processor(text=..., videos=...)")
-        if conversation and isinstance(conversation[0], dict):
-            return self.render_messages(conversation, add_generation_prompt)
-        return [self.render_messages(messages, add_generation_prompt) for messages in conversation]
+                            add_generation_prompt: bool = False, tokenize: bool = False, return_dict: bool = False,
+                            return_tensors: str | None = "pt", num_frames: int = 32, fps: float | None = None,
+                            start: float | None = None, end: float | None = None, **kwargs):
+        """transformers' entry point: messages whose content parts may be videos or images -> the prompt
+        text(s), one ``<video>`` per visual part. With ``tokenize=True`` each conversation's video or
+        image part (``"path"``, ``"video"``/``"image"`` or a ``file://`` ``"url"``; or frames already
+        decoded) is read by crosslmm's own decoder as ``crosslmm ask`` reads it (``num_frames``, ``fps``,
+        ``start``, ``end`` sample a video) and the model inputs come back (``return_dict``: all of them;
+        else the ids)."""
+        if chat_template is not None:
+            raise ValueError("CrossLMMProcessor.apply_chat_template uses the tokenizer's own chat template")
+        single = bool(conversation) and isinstance(conversation[0], dict)
+        conversations = [conversation] if single else list(conversation)
+        prompts = [self.render_messages(messages, add_generation_prompt) for messages in conversations]
+        if not tokenize:
+            return prompts[0] if single else prompts
+        sampling = {"num_frames": num_frames, "fps": fps, "start": start, "end": end}
+        visuals = [load_visual_part(messages, sampling) for messages in conversations]
+        inputs = self(text=prompts, videos=visuals, return_tensors=return_tensors)
+        return inputs if return_dict else inputs["input_ids"]
 
     def expand_video_placeholder(self, prompt: str, num_frames: int) -> str:
         """Repeat the single ``<video>`` of ``prompt`` once per LLM position of the video."""
@@ -207,3 +217,25 @@ def _images_per_prompt(images, prompts: int) -> list[list]:
     if prompts == 1 and all(_is_image(image) for image in images):
         return [images]
     return [[entry] if _is_image(entry) else list(entry) for entry in images]
+
+
+def load_visual_part(messages: Conversation, sampling: dict):
+    """The frames of a conversation's one video or image part, (T, H, W, 3) uint8 RGB: given as
+    frames, or read from a local file by crosslmm's decoder (PyAV, frames named by their timestamps;
+    an image is a one-frame video), sampled as ``crosslmm ask`` samples."""
+    parts = [part for message in messages if not isinstance(message["content"], str)
+             for part in message["content"] if part.get("type") in VISUAL_PARTS]
+    if len(parts) != 1:
+        raise ValueError(f"a conversation needs exactly one video or image part to tokenize, found {len(parts)}")
+    part = parts[0]
+    source = next((part[key] for key in ("path", part["type"], "url") if part.get(key) is not None), None)
+    if source is None:
+        raise ValueError(f"the {part['type']} part names no file: give it a 'path' (or '{part['type']}' or a file:// 'url')")
+    if not isinstance(source, str):
+        return [source] if _is_image(source) else source  # an image, or a video's frames, already decoded
+    if "://" in source and not source.startswith("file://"):
+        raise ValueError(f"{source}: only local files are read (no download); fetch it first and give its path")
+    from crosslmm_cli.video import MAX_SIDE, SamplingRequest, read_frames  # the decoder the CLI uses, lazily
+
+    _, frames = read_frames(source.removeprefix("file://"), SamplingRequest(**sampling, max_side=MAX_SIDE))
+    return frames.pixels

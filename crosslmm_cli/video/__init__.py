@@ -8,7 +8,7 @@ nearest keyframes (:mod:`.decode`). Every problem a user can cause raises :class
 
 from .probe import VideoInfo, check_path, probe
 from .reader import SampledFrames, frame_files, read_frames
-from .sampling import SEEK_MODES, SamplingRequest, sample_times
+from .sampling import MAX_SIDE, SEEK_MODES, SamplingRequest, sample_times
 
-__all__ = ["SEEK_MODES", "SampledFrames", "SamplingRequest", "VideoInfo", "check_path", "frame_files", "probe",
+__all__ = ["MAX_SIDE", "SEEK_MODES", "SampledFrames", "SamplingRequest", "VideoInfo", "check_path", "frame_files", "probe",
            "read_frames", "sample_times"]

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from ..errors import UserError
 
 SEEK_MODES = ("auto", "exact", "keyframe")
+# frames are decoded at most this large, then resized for the vision tower (384 px for SigLIP)
+MAX_SIDE = 768
 
 
 @dataclass

@@ -57,6 +57,26 @@ def test_hugging_face_generate_answers_as_crosslmm_ask(tiny_checkpoint, videos):
     assert answer == expected
 
 
+@pytest.mark.parametrize("part", ["path", "video", "url"])
+def test_a_chat_template_with_a_video_file_tokenizes_as_crosslmm_ask_reads_it(tiny_checkpoint, videos, part):
+    """apply_chat_template(tokenize=True, return_dict=True) with a video part naming a file, as
+    Qwen2-VL / LLaVA-OneVision users write it: the frames come from crosslmm's decoder, sampled by
+    the processor kwargs, and generate() answers as `crosslmm ask --frames 4 --start 1` does."""
+    result = CliRunner().invoke(app, ["ask", str(videos["mp4"]), "What is shown?", "--model", str(tiny_checkpoint),
+                                      "--frames", "4", "--start", "1", "--max-new-tokens", "12", "--json"])
+    assert result.exit_code == 0, result.output
+    processor = AutoProcessor.from_pretrained(tiny_checkpoint)
+    model = AutoModelForImageTextToText.from_pretrained(tiny_checkpoint).eval()
+    source = f"file://{videos['mp4']}" if part == "url" else str(videos["mp4"])
+    messages = [{"role": "user", "content": [{"type": "video", part: source}, {"type": "text", "text": "What is shown?"}]}]
+    inputs = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True,
+                                           return_tensors="pt", num_frames=4, start=1.0)
+    assert inputs["num_frames"].tolist() == [4]
+    sequences = model.generate(**inputs, max_new_tokens=12, do_sample=False)
+    answer = processor.batch_decode(sequences[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)[0]
+    assert answer == json.loads(result.stdout)["answer"]
+
+
 def test_an_image_through_the_processor_answers_as_crosslmm_ask(tiny_checkpoint, tmp_path):
     """processor(images=PIL) with a chat's image part, as LLaVA-OneVision users write it, gives the
     answer `crosslmm ask photo.png` gives (an image is a one-frame video in both)."""
@@ -72,9 +92,32 @@ def test_an_image_through_the_processor_answers_as_crosslmm_ask(tiny_checkpoint,
     messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is shown?"}]}]
     inputs = processor(text=processor.apply_chat_template(messages, add_generation_prompt=True),
                        images=Image.open(tmp_path / "photo.png"))
-    sequences = model.generate(**inputs, max_new_tokens=12, do_sample=False)
-    answer = processor.batch_decode(sequences[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)[0]
-    assert answer == json.loads(result.stdout)["answer"]
+    by_path = [{"role": "user", "content": [{"type": "image", "path": str(tmp_path / "photo.png")},
+                                            {"type": "text", "text": "What is shown?"}]}]
+    tokenized = processor.apply_chat_template(by_path, add_generation_prompt=True, tokenize=True, return_dict=True)
+    for batch in (inputs, tokenized):
+        sequences = model.generate(**batch, max_new_tokens=12, do_sample=False)
+        answer = processor.batch_decode(sequences[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)[0]
+        assert answer == json.loads(result.stdout)["answer"]
+
+
+def test_the_image_text_to_text_pipeline_answers_as_crosslmm_ask(tiny_checkpoint, videos, tmp_path):
+    """pipeline("image-text-to-text", model=DIR): a chat with an image, and one with a video file,
+    each answered as `crosslmm ask` answers on the same file (its default 32 frames)."""
+    from PIL import Image
+    from transformers import pipeline
+
+    photo = tmp_path / "photo.png"
+    Image.fromarray(np.random.default_rng(4).integers(0, 256, (40, 56, 3), dtype=np.uint8)).save(photo)
+    answer = pipeline("image-text-to-text", model=str(tiny_checkpoint))
+    for media, part in ((photo, {"type": "image", "image": Image.open(photo)}),
+                        (videos["mp4"], {"type": "video", "path": str(videos["mp4"])})):
+        result = CliRunner().invoke(app, ["ask", str(media), "What is shown?", "--model", str(tiny_checkpoint),
+                                          "--max-new-tokens", "8", "--json"])
+        assert result.exit_code == 0, result.output
+        chat = [{"role": "user", "content": [part, {"type": "text", "text": "What is shown?"}]}]
+        reply = answer(text=chat, max_new_tokens=8)[0]["generated_text"][-1]
+        assert reply["role"] == "assistant" and reply["content"] == json.loads(result.stdout)["answer"], media
 
 
 def test_the_processor_takes_videos_and_images_in_the_layouts_hf_users_pass(tiny):
