@@ -183,10 +183,11 @@ class CrossLMMProcessor(ProcessorMixin):
         if isinstance(text, str) or (text and isinstance(text[0], dict)):
             text = [text]
         prompts = [item if isinstance(item, str) else self.render_messages(item, add_generation_prompt) for item in text]
-        samples = _per_prompt(videos, len(prompts)) if images is None else _images_per_prompt(images, len(prompts))
-        if len(prompts) != len(samples):
-            raise ValueError(f"{len(prompts)} prompts but {len(samples)} {'videos' if images is None else 'image inputs'}")
-        pixels = self.video_processor(samples, return_tensors=return_tensors)
+        samples = videos if images is None else _images_per_prompt(images, len(prompts))
+        pixels = self.video_processor(samples, return_tensors=return_tensors)  # a bare video is one sample there
+        if len(prompts) != len(pixels["num_frames"]):
+            raise ValueError(f"{len(prompts)} prompts but {len(pixels['num_frames'])} "
+                             f"{'videos' if images is None else 'image inputs'}")
         prompts = [self.expand_video_placeholder(prompt, int(n)) for prompt, n in zip(prompts, pixels["num_frames"])]
         self.tokenizer.padding_side = padding_side
         ids = self.tokenizer(prompts, return_tensors=return_tensors, padding=True, add_special_tokens=False)
@@ -196,17 +197,8 @@ class CrossLMMProcessor(ProcessorMixin):
         return self.tokenizer.decode(token_ids, skip_special_tokens=skip_special_tokens, **kwargs)
 
 
-def _is_video(value) -> bool:
-    return isinstance(value, (np.ndarray, torch.Tensor)) and value.ndim == 4
-
-
 def _is_image(value) -> bool:
     return hasattr(value, "convert") or (isinstance(value, (np.ndarray, torch.Tensor)) and value.ndim == 3)
-
-
-def _per_prompt(videos, prompts: int) -> list:
-    """``videos`` as one entry per prompt: a bare video array is one video (as LLaVA-OneVision takes it)."""
-    return [videos] if _is_video(videos) else list(videos)
 
 
 def _images_per_prompt(images, prompts: int) -> list[list]:
