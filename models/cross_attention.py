@@ -107,6 +107,11 @@ class VisualMemory:
         return VisualMemory(pooled=self.pooled[order], originals=self.originals[order],
                             num_frames=self.num_frames.repeat_interleave(times), cache_kv=self.cache_kv)
 
+    def __post_init__(self):
+        # made here, where the memory is made, not at a layer's first use: inside a checkpointed
+        # decoder layer, the recomputation would find it made and save fewer tensors than the forward
+        self.per_video()
+
     def per_video(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         """All original tokens of each sample: (B, M, D) padded to the longest video, and a (B, M)
         bool mask of real tokens (None when every sample has the same number of frames)."""
