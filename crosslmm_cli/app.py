@@ -291,7 +291,9 @@ def evaluate(
 @app.command()
 @user_errors
 def finetune(
-    folder: Annotated[Path, typer.Argument(readable=False, help="videos anywhere under it and annotations.jsonl (or .json)")],
+    ctx: typer.Context,
+    folder: Annotated[Path, typer.Argument(readable=False, help="videos anywhere under it and annotations.jsonl (or "
+                                                               ".json), or a recipe .yaml listing the sources")],
     output: Annotated[Path, typer.Option(readable=False, help="checkpoint directory to write (ask/eval load it with --model)")],
     model: Annotated[str, typer.Option(help="base: preset name, checkpoint directory or hub id")] = "crosslmm-ov-0.5b",
     stage: Annotated[int, typer.Option(help="1: projector + V2V, LLM and vision frozen, T2V off; 2: end to end, T2V on")] = 2,
@@ -319,19 +321,32 @@ def finetune(
     device: Annotated[Optional[str], typer.Option(help="cuda or cpu (default: cuda when present)")] = None,
     workers: Annotated[Optional[int], typer.Option(help="processes decoding videos ahead of the step (default: one "
                                                         "per core of the training process, at most 8; 0: none)")] = None,
+    global_batch: Annotated[Optional[int], typer.Option(help="recipe runs: samples per optimizer step over all processes "
+                                                             "(default: batch size x accumulation x processes)")] = None,
 ) -> None:
-    """Train CrossLMM on a folder of videos and annotations (the paper's Stage I or II); runs
-    unchanged under torchrun / accelerate launch."""
+    """Train CrossLMM on a folder of videos and annotations, or on the sources of a recipe (the
+    paper's Stage I or II); runs unchanged under torchrun / accelerate launch."""
     from .finetune.train import FinetuneSettings, finetune as train
 
-    settings = FinetuneSettings(
-        folder=folder, output=output, model=model, stage=stage, full=full, train_vision=train_vision, v2v=v2v, t2v=t2v,
-        lr=lr, vision_lr=vision_lr, lora_rank=lora_rank, lora_alpha=2 * lora_rank, batch_size=batch_size,
+    options = dict(
+        output=output, model=model, stage=stage, full=full, train_vision=train_vision, v2v=v2v, t2v=t2v,
+        lr=lr, vision_lr=vision_lr, lora_rank=lora_rank, batch_size=batch_size,
         grad_accum=grad_accum, epochs=epochs, max_steps=max_steps, frames=frames, tokens_per_frame=tokens_per_frame,
         seed=seed, save_every=save_every, strict=strict, merge=merge, resume=resume,
         gradient_checkpointing=gradient_checkpointing, quantize=quantize, gate_init=gate_init, device=device,
-        workers=workers,
+        workers=workers, global_batch=global_batch,
     )
+    sources = None
+    if folder.suffix in (".yaml", ".yml") and not folder.is_dir():
+        from .training_data.recipe import read_recipe
+
+        recipe = read_recipe(folder, FinetuneSettings)
+        # by name: typer 0.29 carries its own copy of click's ParameterSource
+        given = {name for name in options if getattr(ctx.get_parameter_source(name), "name", "") == "COMMANDLINE"}
+        options.update({name: value for name, value in recipe.options.items() if name not in given})
+        sources = recipe.sources
+    options.setdefault("lora_alpha", 2 * options["lora_rank"])
+    settings = FinetuneSettings(folder=folder, sources=sources, **options)
     writable_folder(output, "--output")
     quiet_libraries()
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),

@@ -1,5 +1,6 @@
 """A training folder: videos anywhere under it and ``annotations.jsonl`` (or ``.json``) in one of
-three row formats, turned into token ids with loss on the answer tokens only.
+three row formats (see crosslmm_cli.training_data.records), turned into token ids with loss on the
+answer tokens only.
 
 - LLaVA conversations: {"video": "rel/path.mp4", "conversations": [{"from": "human", "value":
   "<video>\\n..."}, {"from": "gpt", "value": "..."}, ...]} (multi-turn allowed);
@@ -22,9 +23,9 @@ from torch.utils.data import Dataset
 from crosslmm.video_processing import pad_videos
 
 from ..errors import UserError
+from ..training_data.records import conversation
 from ..video import SamplingRequest, read_frames
 
-CAPTION_PROMPT = "Describe the video."
 IGNORE_INDEX = -100
 
 
@@ -46,20 +47,6 @@ def annotation_file(folder: Path) -> Path:
         if (folder / name).is_file():
             return folder / name
     raise UserError(f"{folder} has no annotations.jsonl or annotations.json; add one next to the videos")
-
-
-def _messages(row: dict) -> list[dict]:
-    if "conversations" in row:
-        messages = []
-        for turn in row["conversations"]:
-            role = {"human": "user", "gpt": "assistant", "user": "user", "assistant": "assistant"}[turn["from"]]
-            messages.append({"role": role, "content": turn["value"].replace("<video>\n", "").replace("<video>", "")})
-        if not messages or messages[0]["role"] != "user" or all(m["role"] != "assistant" for m in messages):
-            raise ValueError("conversations must start with a human turn and hold a gpt turn")
-        return messages
-    if "caption" in row:
-        return [{"role": "user", "content": CAPTION_PROMPT}, {"role": "assistant", "content": str(row["caption"])}]
-    return [{"role": "user", "content": str(row["question"])}, {"role": "assistant", "content": str(row["answer"])}]
 
 
 # An annotation row is a few kilobytes; a longer one is a mistake (or an attack) and is skipped unread.
@@ -123,7 +110,7 @@ def read_folder(folder: Path, check_videos: Callable | None = None) -> FolderRep
             continue
         try:
             video = (folder / item["video"]).resolve()
-            messages = _messages(item)
+            messages = conversation(item, "video")
         except (KeyError, TypeError, ValueError, AttributeError) as error:
             report.problems.append(f"line {number}: not a conversation, question/answer or caption row ({error})")
             continue
@@ -251,6 +238,8 @@ def collate(batch: list[dict], pad_token_id: int) -> dict[str, torch.Tensor]:
         length = len(item["input_ids"])
         input_ids[row, :length], labels[row, :length], attention_mask[row, :length] = item["input_ids"], item["labels"], 1
     pixels, num_frames = pad_videos([item["pixels"] for item in batch])
-    return {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask,
-            "pixel_values_videos": pixels, "num_frames": num_frames,
-            "problems": problems}
+    collated = {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask,
+                "pixel_values_videos": pixels, "num_frames": num_frames, "problems": problems}
+    if "sample" in batch[0]:  # a recipe run's (sample number, name), for samples.jsonl
+        collated["samples"] = [item["sample"] for item in batch]
+    return collated

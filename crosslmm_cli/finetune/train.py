@@ -47,7 +47,7 @@ def refuse_output_over_input(output: Path, source: Path, name: str) -> None:
 
 @dataclass
 class FinetuneSettings:
-    folder: Path
+    folder: Path  # the data: a training folder, or the recipe file that lists the sources
     output: Path
     model: str = "crosslmm-ov-0.5b"
     stage: int = 2  # 1: projector + V2V (vision tower and LLM frozen, T2V off); 2: end to end, T2V on
@@ -76,6 +76,8 @@ class FinetuneSettings:
     gate_init: float | None = None  # set the trained gates' tanh argument first (None: keep them, 0 when new)
     device: str | None = None
     workers: int | None = None  # DataLoader worker processes decoding ahead (None: one per core, at most 8)
+    sources: list[dict] | None = None  # a recipe's sources ({"path", "weight", "media"}); None: the folder
+    global_batch: int | None = None  # recipe runs: samples per optimizer step over all processes
 
     def __post_init__(self):
         if self.stage not in (1, 2):
@@ -88,8 +90,14 @@ class FinetuneSettings:
             raise UserError(f"--quantize must be nf4 or none, got {self.quantize!r}")
         if self.quantize == "nf4" and (self.stage == 1 or self.full):
             raise UserError("--quantize nf4 is QLoRA: stage 2 with LoRA adapters (no --full: 4-bit weights do not train)")
-        if not self.folder.is_dir():
-            raise UserError(f"{self.folder} is not a folder; give the folder with the videos and annotations.jsonl")
+        if self.sources is None and not self.folder.is_dir():
+            raise UserError(f"{self.folder} is not a folder; give the folder with the videos and annotations.jsonl "
+                            "(or a recipe .yaml)")
+        if self.sources is not None and self.max_steps is None:
+            raise UserError("a recipe run needs max_steps (in the recipe or as --max-steps): its sources are streamed, "
+                            "never counted whole")
+        if self.global_batch is not None and self.global_batch < 1:
+            raise UserError("--global-batch must be >= 1")
         for name in ("batch_size", "grad_accum", "epochs", "frames", "save_every"):
             if getattr(self, name) < 1:
                 raise UserError(f"--{name.replace('_', '-')} must be >= 1")
@@ -99,7 +107,7 @@ class FinetuneSettings:
             raise UserError(f"--workers must be >= 0 (0 decodes in the training process), got {self.workers}")
         self.lr = self.lr or STAGE_LR[self.stage]
         self.device = pick_device(self.device)
-        inputs = {"the data folder": self.folder}
+        inputs = {"the data folder" if self.sources is None else "the recipe": self.folder}
         if Path(self.model).exists():
             inputs["--model"] = Path(self.model)
         for name, path in inputs.items():
@@ -111,7 +119,18 @@ class FinetuneSettings:
         values["folder"] = str(self.folder.resolve())
         values["model"] = str(Path(self.model).resolve()) if Path(self.model).exists() else self.model
         values.pop("output")
+        if self.sources is not None:  # the micro-batches per step follow from the global batch and the processes
+            values.pop("grad_accum")
         return values
+
+    def fit_global_batch(self, processes: int) -> None:
+        """Recipe runs: the global batch (default: batch size x accumulation x processes) is what a
+        run keeps when resumed on another number of processes; the accumulation follows from it."""
+        self.global_batch = self.global_batch or self.batch_size * self.grad_accum * processes
+        if self.global_batch % (self.batch_size * processes):
+            raise UserError(f"--global-batch {self.global_batch} is not a multiple of --batch-size {self.batch_size} x "
+                            f"{processes} processes; choose a batch size and process count that divide it")
+        self.grad_accum = self.global_batch // (self.batch_size * processes)
 
     @property
     def checkpoints(self) -> Path:
@@ -203,12 +222,14 @@ def latest_checkpoint(settings: FinetuneSettings) -> Path | None:
     return found[-1] if found else None
 
 
-def launched_as(accelerator) -> dict:
-    """How the run is spread: a resume with another number of processes would change the data
-    order and the schedule, and sharded (FSDP) and whole (DDP) checkpoints do not read each other."""
+def launched_as(accelerator, elastic: bool) -> dict:
+    """How the run is spread: sharded (FSDP) and whole (DDP) checkpoints do not read each other,
+    and a folder run's data order depends on the number of processes (a recipe run's does not:
+    it is ``elastic``)."""
     from accelerate.utils import DistributedType
 
-    return {"processes": accelerator.num_processes, "fsdp": accelerator.distributed_type == DistributedType.FSDP}
+    launch = {"fsdp": accelerator.distributed_type == DistributedType.FSDP}
+    return launch if elastic else {"processes": accelerator.num_processes, **launch}
 
 
 def check_resumable(checkpoint: Path, settings: FinetuneSettings, launch: dict) -> dict:
@@ -223,10 +244,13 @@ def check_resumable(checkpoint: Path, settings: FinetuneSettings, launch: dict) 
         allowed = ", ".join(f"--{n.replace('_', '-')}" for n in RESUME_MAY_CHANGE if n != "resume")
         raise UserError(f"--resume with other settings than the run in {settings.output} ({differences}); resume with "
                         f"the run's own settings (only {allowed} may change) or start a new --output")
-    saved_launch = state.get("launch", launch)
+    saved_launch = {key: value for key, value in state.get("launch", launch).items() if key in launch}
     if saved_launch != launch:
         def spread(how: dict) -> str:
-            return f"{how['processes']} process{'es' if how['processes'] > 1 else ''}{' with FSDP' if how['fsdp'] else ''}"
+            processes = how.get("processes")
+            if processes is None:  # an elastic run: only sharded or not matters
+                return "sharded (FSDP)" if how["fsdp"] else "whole copies (one process or DDP)"
+            return f"{processes} process{'es' if processes > 1 else ''}{' with FSDP' if how['fsdp'] else ''}"
 
         raise UserError(f"--resume: the run in {settings.output} was launched as {spread(saved_launch)}, this one as "
                         f"{spread(launch)}; launch it as it was, or start a new --output")
@@ -310,14 +334,17 @@ def plot_loss(metrics_path: Path, png: Path) -> None:
 # ---- the run ----------------------------------------------------------------------------------------
 def finetune(settings: FinetuneSettings, report: Callable[[str], None] = lambda _: None,
              progress: Callable[[int, int], Callable[[dict], None]] | None = None) -> dict | None:
-    from accelerate import Accelerator, DataLoaderConfiguration, DistributedDataParallelKwargs
+    from accelerate import Accelerator, DataLoaderConfiguration, DistributedDataParallelKwargs, PartialState
     from accelerate.utils import gather_object, set_seed
     from transformers import get_cosine_schedule_with_warmup
 
     on_cuda = settings.device.startswith("cuda")
+    elastic = settings.sources is not None
+    if elastic:
+        settings.fit_global_batch(PartialState(cpu=not on_cuda).num_processes)
     accelerator = Accelerator(
         gradient_accumulation_steps=settings.grad_accum, mixed_precision="bf16" if on_cuda else "no", cpu=not on_cuda,
-        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True), step_scheduler_with_optimizer=False,
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
     )
     sharded = check_sharding(accelerator, settings.full)  # before any slow work
@@ -327,18 +354,22 @@ def finetune(settings: FinetuneSettings, report: Callable[[str], None] = lambda 
         raise UserError(f"--resume: {settings.checkpoints} holds no checkpoint to resume from")
     if not settings.resume and last_checkpoint is not None:
         raise UserError(f"{settings.output} already holds a training run; pass --resume to continue it, or choose another --output")
-    launch = launched_as(accelerator)
+    launch = launched_as(accelerator, elastic)
     resumed_state = check_resumable(last_checkpoint, settings, launch) if settings.resume else None
     if resumed_state is not None:
         check_training_state(last_checkpoint)
+    if elastic:
+        from crosslmm_cli.training_data.loader import open_sources
 
-    folder = read_folder(settings.folder, check_videos=video_missing)
-    for problem in folder.problems:
-        report(f"skipped {problem}" if not settings.strict else problem)
-    if folder.problems and settings.strict:
-        raise UserError(f"{len(folder.problems)} bad annotation rows (first: {folder.problems[0]}); fix them or drop --strict")
-    if not folder.rows:
-        raise UserError(f"{settings.folder}: no usable annotation rows")
+        sources = open_sources(settings.sources, settings.folder, settings.output)
+    else:
+        folder = read_folder(settings.folder, check_videos=video_missing)
+        for problem in folder.problems:
+            report(f"skipped {problem}" if not settings.strict else problem)
+        if folder.problems and settings.strict:
+            raise UserError(f"{len(folder.problems)} bad annotation rows (first: {folder.problems[0]}); fix them or drop --strict")
+        if not folder.rows:
+            raise UserError(f"{settings.folder}: no usable annotation rows")
 
     workers = default_workers() if settings.workers is None else settings.workers
     if not on_cuda:
@@ -354,17 +385,25 @@ def finetune(settings: FinetuneSettings, report: Callable[[str], None] = lambda 
     trained = trained_tensor_names(model)
     trained_parameters = sum(p.numel() for g in groups for p in g["params"])
 
-    loader = make_loader(folder.rows, processor, settings.frames, settings.batch_size, settings.seed, workers,
-                         pin_memory=on_cuda)
-    steps_per_epoch = math.ceil(len(loader) / (settings.grad_accum * accelerator.num_processes))
-    total_steps = settings.max_steps or steps_per_epoch * settings.epochs
-    epochs = math.ceil(total_steps / steps_per_epoch)
+    if elastic:
+        from crosslmm_cli.training_data.loader import Mixture
+
+        mixture = Mixture(sources, [s["weight"] for s in settings.sources], processor, settings, workers, on_cuda,
+                          accelerator.process_index, accelerator.num_processes)
+        mixture.check()  # every source yields a sample, before step 1
+        total_steps, epochs = settings.max_steps, 1
+    else:
+        loader = make_loader(folder.rows, processor, settings.frames, settings.batch_size, settings.seed, workers,
+                             pin_memory=on_cuda)
+        steps_per_epoch = math.ceil(len(loader) / (settings.grad_accum * accelerator.num_processes))
+        total_steps = settings.max_steps or steps_per_epoch * settings.epochs
+        epochs = math.ceil(total_steps / steps_per_epoch)
     optimizer = torch.optim.AdamW(groups, weight_decay=0.0)
-    # accelerate steps a prepared scheduler once per process at each optimizer step
-    ticks = accelerator.num_processes
-    scheduler = get_cosine_schedule_with_warmup(optimizer, int(settings.warmup_ratio * total_steps) * ticks,
-                                                total_steps * ticks)
-    model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
+    scheduler = get_cosine_schedule_with_warmup(optimizer, int(settings.warmup_ratio * total_steps), total_steps)
+    if elastic:  # its loader is its own: each process reads the samples of its place in each step
+        model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    else:
+        model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
     accelerator.register_save_state_pre_hook(keep_only(set(trained)))
 
     step, start_epoch, skip = 0, 0, 0
@@ -373,23 +412,31 @@ def finetune(settings: FinetuneSettings, report: Callable[[str], None] = lambda 
         step, start_epoch, skip = resumed_state["step"], resumed_state["epoch"], resumed_state["batches_in_epoch"]
         report(f"resuming from {last_checkpoint.name} (step {step})")
     settings.output.mkdir(parents=True, exist_ok=True)
-    metrics_path = settings.output / "metrics.jsonl"
+    metrics_path, samples_path = settings.output / "metrics.jsonl", settings.output / "samples.jsonl"
     if accelerator.is_main_process:  # keep the rows up to the step resumed from (an interrupt may have written
         # more, and a crash half a line)
-        kept = [row for row in read_rows(metrics_path) if settings.resume and row["step"] <= step]
-        metrics_path.write_text("".join(json.dumps(row) + "\n" for row in kept))
+        for path in (metrics_path, samples_path) if elastic else (metrics_path,):
+            kept = [row for row in read_rows(path) if settings.resume and row["step"] <= step]
+            path.write_text("".join(json.dumps(row) + "\n" for row in kept))
     tick = progress(total_steps, step) if progress and accelerator.is_main_process else (lambda row: None)
 
-    began, window_samples, losses = time.perf_counter(), 0, []
+    began, window_samples, losses, step_samples = time.perf_counter(), 0, [], []
     bad_videos: dict[int, str] = {}  # line -> problem, for rows whose video a worker could not decode
     for epoch in range(start_epoch, epochs):
-        if hasattr(loader, "set_epoch"):
-            loader.set_epoch(epoch)
-        batches = accelerator.skip_first_batches(loader, skip) if skip else loader
+        if elastic:
+            batches = mixture.batches(step, total_steps)
+        else:
+            if hasattr(loader, "set_epoch"):
+                loader.set_epoch(epoch)
+            batches = accelerator.skip_first_batches(loader, skip) if skip else loader
         seen = skip
         skip = 0
         for batch in batches:
-            take_problems(batch, bad_videos, settings.strict, report)
+            if elastic:
+                batch, samples = mixture.take(batch, report, accelerator.device)
+                step_samples += gather_object(samples)
+            else:
+                take_problems(batch, bad_videos, settings.strict, report)
             with accelerator.accumulate(model):
                 loss = model(**batch).loss
                 accelerator.backward(loss)
@@ -398,7 +445,8 @@ def finetune(settings: FinetuneSettings, report: Callable[[str], None] = lambda 
                     # the optimizer's parameters: under FSDP they are the shards that replaced the model's
                     grad_norm = accelerator.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], 1.0)
                 optimizer.step()
-                scheduler.step()
+                if accelerator.sync_gradients:
+                    scheduler.step()  # once per optimizer step, on any number of processes
                 optimizer.zero_grad()
             seen += 1
             losses.append(accelerator.gather(loss.detach()[None]).mean().item())
@@ -413,6 +461,9 @@ def finetune(settings: FinetuneSettings, report: Callable[[str], None] = lambda 
             losses, window_samples, began = [], 0, time.perf_counter()
             if accelerator.is_main_process:
                 append_row(metrics_path, row)
+                if elastic:
+                    append_row(samples_path, {"step": step, "samples": [name for _, name in sorted(step_samples)]})
+            step_samples = []
             tick(row)
             if step % settings.save_every == 0 or step == total_steps:
                 save_state(accelerator, settings, launch, step, epoch, seen)
@@ -422,7 +473,10 @@ def finetune(settings: FinetuneSettings, report: Callable[[str], None] = lambda 
             break
 
     accelerator.wait_for_everyone()
-    bad_lines = set(gather_object(sorted(bad_videos)))  # what every process found
+    if elastic:
+        skipped = mixture.skipped_counts(gather_object)
+    else:
+        bad_lines = set(gather_object(sorted(bad_videos)))  # what every process found
     gathered = accelerator.get_state_dict(model) if sharded else None  # every process sends its shards
     written = None
     if accelerator.is_main_process:
@@ -432,6 +486,11 @@ def finetune(settings: FinetuneSettings, report: Callable[[str], None] = lambda 
     accelerator.wait_for_everyone()
     if not accelerator.is_main_process:
         return None
+    if elastic:
+        for number, count in sorted(skipped.items()):
+            report(f"source {number} ({settings.sources[number]['path']}): {count} unusable samples skipped")
+        return {"steps": step, "rows": step * settings.global_batch, "skipped_rows": sum(skipped.values()),
+                "saved": written, "trained_parameters": trained_parameters}
     return {"steps": step, "rows": len(folder.rows) - len(bad_lines), "skipped_rows": len(folder.problems) + len(bad_lines),
             "saved": written, "trained_parameters": trained_parameters}
 

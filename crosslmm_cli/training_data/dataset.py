@@ -1,0 +1,68 @@
+"""Sample number -> model inputs, in a loader worker: read the record, decode its media with
+crosslmm's own decoder (an image is a one-frame video, several images a multi-image sample; images
+keep their aspect-aware downscale as frames do), render and tokenise the conversation.
+
+A sample that cannot be used (media that do not decode, a malformed row, a missing file) is skipped:
+the next position of the same source's stream stands in for it, so the order stays a function of the
+data alone and every process gets full batches. What was skipped travels with the batch, as
+(source, shard, key, what is wrong), for the training process to count and report."""
+
+from __future__ import annotations
+
+import tempfile
+
+import av
+import torch
+
+from ..errors import UserError
+from ..finetune.data import tokenize_conversation
+from ..video import SamplingRequest, read_frames
+from .order import SampleOrder
+from .records import Media, conversation
+
+# After this many unusable samples in a row, the source is wrong, not one file.
+GIVE_UP_AFTER = 64
+UNUSABLE = (UserError, OSError, ValueError, KeyError, TypeError, av.FFmpegError)
+
+
+class MixtureDataset(torch.utils.data.Dataset):
+    def __init__(self, order: SampleOrder, processor, frames: int):
+        self.order, self.processor, self.frames = order, processor, frames
+
+    def __len__(self) -> int:  # the stream has no end; the batch sampler says which numbers are read
+        return 2**62
+
+    def frames_of(self, media: Media, count: int) -> torch.Tensor:
+        request = SamplingRequest(count, max_side=2 * self.processor.image_size)
+        if media.path is not None:
+            _, sampled = read_frames(media.path, request)
+        else:  # bytes from a shard: the decoder reads files, so the member goes through a temporary one
+            with tempfile.NamedTemporaryFile(suffix="-" + media.name) as file:
+                file.write(media.data)
+                file.flush()
+                _, sampled = read_frames(file.name, request)
+        return self.processor.preprocess_frames(sampled.pixels)
+
+    def __getitem__(self, sample: int) -> dict:
+        source, position = self.order.source_position(sample)
+        problems = []
+        for attempt in range(GIVE_UP_AFTER):
+            shard, row = self.order.locate(source, position + attempt)
+            reader = self.order.sources[source]
+            key = f"{reader.shard_name(shard)}/row {row}"
+            try:
+                record = reader.read(shard, row)
+                key = record.key
+                if not record.media:
+                    raise ValueError("no image or video in the sample")
+                messages = conversation(record.fields, record.media[0].kind)
+                count = self.frames if record.media[0].kind == "video" else 1
+                pixels = torch.cat([self.frames_of(media, count) for media in record.media])
+            except UNUSABLE as error:
+                problems.append((source, key, str(error) or type(error).__name__))
+                continue
+            ids, labels = tokenize_conversation(self.processor, messages, len(pixels))
+            return {"input_ids": torch.tensor(ids), "labels": torch.tensor(labels), "pixels": pixels,
+                    "sample": (sample, f"{source}:{key}"), "problems": problems}
+        return {"pixels": None, "problems": problems}
+

@@ -1,0 +1,154 @@
+"""The batches of each process: optimizer step ``s`` consumes samples ``s * G`` to ``(s + 1) * G - 1``
+of the order (G the global batch), whatever the number of processes. Each micro-batch of a step
+takes the next ``batch_size * processes`` of them, process ``r`` the r-th ``batch_size``; so two
+processes with one micro-batch each and one process accumulating two read the same samples into
+the same step, and a run resumed at step s on any number of processes goes on where it stopped."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import UserError
+from ..finetune.data import collate
+from ..finetune.loader import decoding_worker
+from .dataset import GIVE_UP_AFTER, UNUSABLE, MixtureDataset
+from .order import SampleOrder
+from .sources import AnnotationRows, Source, open_source
+
+
+class StepSampler(torch.utils.data.Sampler):
+    """Sample numbers of this process's micro-batches, from optimizer step ``start`` to ``total``."""
+
+    def __init__(self, start: int, total: int, global_batch: int, batch_size: int, rank: int, processes: int):
+        self.start, self.total, self.global_batch = start, total, global_batch
+        self.batch_size, self.rank, self.processes = batch_size, rank, processes
+        self.accumulate = global_batch // (batch_size * processes)
+
+    def __len__(self) -> int:
+        return (self.total - self.start) * self.accumulate
+
+    def __iter__(self):
+        for step in range(self.start, self.total):
+            for micro in range(self.accumulate):
+                first = step * self.global_batch + (micro * self.processes + self.rank) * self.batch_size
+                yield list(range(first, first + self.batch_size))
+
+
+def make_mixture_loader(dataset: MixtureDataset, sampler: StepSampler, pad_token_id: int, workers: int,
+                        pin_memory: bool = False) -> torch.utils.data.DataLoader:
+    """Workers decode whole micro-batches ahead of the step (two each); with or without them the
+    batches are the same."""
+    return torch.utils.data.DataLoader(
+        dataset, batch_sampler=sampler, collate_fn=partial(collate, pad_token_id=pad_token_id), num_workers=workers,
+        persistent_workers=workers > 0, prefetch_factor=2 if workers else None, pin_memory=pin_memory,
+        worker_init_fn=decoding_worker)
+
+
+def check_sources(dataset: MixtureDataset) -> None:
+    """Before step 1: each source yields a usable sample (its first, or one of the next few of its
+    stream); :class:`UserError` naming the source otherwise."""
+    for number, source in enumerate(dataset.order.sources):
+        problems = []
+        for position in range(GIVE_UP_AFTER):
+            shard, row = dataset.order.locate(number, position)
+            try:
+                record = source.read(shard, row)
+                dataset.frames_of(record.media[0], 1)
+                break
+            except (*UNUSABLE, IndexError) as error:  # IndexError: a sample without media
+                problems.append(f"{source.shard_name(shard)}/row {row}: {error}")
+        else:
+            raise UserError(f"source {number} ({source.spec}): none of its first {GIVE_UP_AFTER} samples could be "
+                            f"read (first: {problems[0]}); fix the data or remove the source from the recipe")
+
+
+class Skips:
+    """The samples the workers skipped: each counted once per source; the first few of a source
+    reported in full, with shard and key."""
+
+    IN_FULL = 5
+
+    def __init__(self, report: Callable[[str], None]):
+        self.report, self.seen, self.counts = report, set(), Counter()
+
+    def take(self, batch: dict) -> None:
+        problems = batch.pop("problems")
+        for source, key, what in problems:
+            if (source, key) in self.seen:
+                continue
+            self.seen.add((source, key))
+            self.counts[source] += 1
+            if self.counts[source] <= self.IN_FULL:
+                self.report(f"skipped source {source}, {key}: {what}")
+            elif self.counts[source] == self.IN_FULL + 1:
+                self.report(f"source {source}: more samples skipped; they are counted at the end")
+        if batch.pop("unreadable", False):
+            source, key, what = problems[-1]
+            raise UserError(f"source {source}: {GIVE_UP_AFTER} unusable samples in a row (last: {key}: {what}); "
+                            "check its data")
+
+
+def micro_batch_seed(seed: int, first_sample: int) -> int:
+    """The random state a micro-batch trains under (dropout): a function of the run's seed and its
+    first sample, so it is the same however the steps are spread over processes."""
+    return int(np.random.SeedSequence([seed, first_sample]).generate_state(1)[0])
+
+
+def open_sources(specs: list[dict], recipe: Path, output: Path) -> list[Source]:
+    """The recipe's sources (paths relative to its folder); :class:`UserError` for one that names
+    nothing, or one the output would write over."""
+    from ..finetune.train import refuse_output_over_input
+
+    sources = []
+    for spec in specs:
+        source = open_source(spec["path"], spec["media"], recipe.resolve().parent)
+        if isinstance(source, AnnotationRows) and source.spec_is_folder:
+            refuse_output_over_input(output, source.media_root, f"source {spec['path']!r}")
+        for file in source.files():
+            if file.resolve() == output.resolve() or file.resolve().is_relative_to(output.resolve()):
+                raise UserError(f"--output {output} holds {file}, an input of source {spec['path']!r}; training never "
+                                "writes over its inputs: choose an --output outside it")
+        sources.append(source)
+    return sources
+
+
+class Mixture:
+    """A recipe run's data on one process: the order, the dataset its loader workers read, and the
+    samples skipped so far."""
+
+    def __init__(self, sources: list[Source], weights: list[float], processor, settings, workers: int,
+                 pin_memory: bool, rank: int, processes: int):
+        self.order = SampleOrder(sources, weights, settings.seed)
+        self.dataset = MixtureDataset(self.order, processor, settings.frames)
+        self.settings, self.workers, self.pin_memory = settings, workers, pin_memory
+        self.rank, self.processes = rank, processes
+        self.pad_token_id = processor.tokenizer.pad_token_id
+        self.skips: Skips | None = None
+
+    def check(self) -> None:
+        check_sources(self.dataset)
+
+    def batches(self, start: int, total: int) -> torch.utils.data.DataLoader:
+        sampler = StepSampler(start, total, self.settings.global_batch, self.settings.batch_size, self.rank,
+                              self.processes)
+        return make_mixture_loader(self.dataset, sampler, self.pad_token_id, self.workers, self.pin_memory)
+
+    def take(self, batch: dict, report: Callable[[str], None], device) -> tuple[dict, list[tuple[int, str]]]:
+        """The micro-batch ready for the model (its skipped samples reported, the random state set)
+        and its (sample number, "source:key") list."""
+        self.skips = self.skips or Skips(report)
+        self.skips.take(batch)
+        samples = batch.pop("samples")
+        torch.manual_seed(micro_batch_seed(self.settings.seed, samples[0][0]))
+        return {name: value.to(device) for name, value in batch.items()}, samples
+
+    def skipped_counts(self, gather_object) -> Counter:
+        """Unusable samples per source, over all processes (each counted once)."""
+        seen = set(gather_object(sorted(self.skips.seen if self.skips else ())))
+        return Counter(source for source, _ in seen)

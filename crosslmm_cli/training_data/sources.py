@@ -1,0 +1,309 @@
+"""Where samples come from, read lazily: a source is a list of shards, each of which can say how
+many samples it holds (cheaply: tar headers, a parquet footer, one block of an annotation file) and
+hand out its i-th one. Nothing is loaded whole; each process keeps a few shard indexes.
+
+- ``TarShards``: webdataset tar shards (img2dataset / video2dataset output: ``key.jpg|key.mp4`` with
+  ``key.txt|key.json``); members are read at their offsets, found from the tar headers alone;
+- ``ParquetFiles``: parquet with embedded media bytes (``image``, ``images``, ``video`` columns) or
+  paths, read a row group at a time with pyarrow;
+- ``AnnotationRows``: LLaVA-style ``.jsonl`` (or ``.json``) rows naming ``image``/``video`` files under a
+  media root; a ``.jsonl`` is cut into blocks of BLOCK_BYTES, each a shard. A training folder (videos
+  and ``annotations.jsonl``) is one of these.
+
+A shard that cannot be read at all holds no samples; what was wrong is kept in ``broken``.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import re
+import tarfile
+from collections import OrderedDict
+from pathlib import Path
+
+from ..errors import UserError
+from .records import Media, Record, media_kind, split_member
+
+BLOCK_BYTES = 4 << 20  # an annotation .jsonl is read in shards of this many bytes
+MAX_ROW_BYTES = 1 << 20  # an annotation row longer than this is a mistake, skipped unread
+KEPT_INDEXES = 64  # shard indexes each process keeps
+
+
+class LRU(OrderedDict):
+    """A bounded cache: ``get(key, make)`` returns the kept value or makes (and keeps) it."""
+
+    def __init__(self, size: int):
+        super().__init__()
+        self.size = size
+
+    def get_or_make(self, key, make):
+        if key in self:
+            self.move_to_end(key)
+            return self[key]
+        value = self[key] = make()
+        while len(self) > self.size:
+            self.popitem(last=False)
+        return value
+
+
+class Source:
+    """A list of shards; subclasses read them."""
+
+    def __init__(self, spec: str, shards: list, media_root: Path | None = None):
+        self.spec, self.shards, self.media_root = spec, shards, media_root
+        self.broken: dict[int, str] = {}  # shard -> why it could not be read
+        self.indexes = LRU(KEPT_INDEXES)
+
+    def shard_name(self, shard: int) -> str:
+        return Path(self.shards[shard]).name
+
+    def files(self) -> list[Path]:
+        return [Path(shard) for shard in self.shards]
+
+    def count(self, shard: int) -> int:
+        return len(self.index(shard))
+
+    def index(self, shard: int) -> list:
+        def make():
+            try:
+                return self.build_index(shard)
+            except (OSError, ValueError, tarfile.TarError) as error:
+                self.broken[shard] = f"{self.shard_name(shard)} cannot be read ({error})"
+                return []
+
+        return self.indexes.get_or_make(shard, make)
+
+    def build_index(self, shard: int) -> list:
+        raise NotImplementedError
+
+    def read(self, shard: int, row: int) -> Record:
+        raise NotImplementedError
+
+    def media_file(self, name) -> Media:
+        """A media file named by a row, which must lie under the media root."""
+        if not isinstance(name, str) or media_kind(name) is None:
+            raise ValueError(f"{name!r} is not an image or video file name")
+        path = (self.media_root / name).resolve()
+        if not path.is_relative_to(self.media_root):
+            raise ValueError(f"media path {name!r} leaves {self.media_root}; it is refused")
+        return Media(media_kind(name), path.name, path=path)
+
+
+# ---- webdataset tar shards --------------------------------------------------------------------------
+class TarShards(Source):
+    def build_index(self, shard: int) -> list[list[tuple[str, int, int]]]:
+        """Per sample, its members as (extension, data offset, size), from the headers; a shard cut
+        short keeps the samples before the cut."""
+        samples, last_key = [], None
+        with tarfile.open(self.shards[shard], "r:") as tar:
+            try:
+                for member in tar:
+                    parts = split_member(member.name) if member.isfile() else None
+                    if parts is None:
+                        continue
+                    key, extension = parts
+                    if key != last_key:
+                        samples.append((key, []))
+                        last_key = key
+                    samples[-1][1].append((extension, member.offset_data, member.size))
+            except tarfile.ReadError:
+                if samples:
+                    samples.pop()  # the sample the cut went through may miss members
+                self.broken[shard] = f"{self.shard_name(shard)} is cut short after {len(samples)} samples"
+        return samples
+
+    def read(self, shard: int, row: int) -> Record:
+        key, members = self.index(shard)[row]
+        files = {}
+        with open(self.shards[shard], "rb") as stream:
+            for extension, offset, size in members:
+                stream.seek(offset)
+                files[extension] = stream.read(size)
+        fields = json.loads(files["json"]) if "json" in files else {}
+        if not isinstance(fields, dict):
+            raise ValueError(".json is not an object")
+        if "txt" in files and "caption" not in fields:
+            fields["caption"] = files["txt"].decode("utf-8")
+        media = [Media(media_kind(ext), f"{key.rsplit('/', 1)[-1]}.{ext}", data=data)
+                 for ext, data in sorted(files.items()) if media_kind(ext)]
+        return Record(f"{self.shard_name(shard)}/{key}", fields, one_kind(media))
+
+
+def one_kind(media: list[Media]) -> list[Media]:
+    """A sample's visual input: its one video, or its images (a multi-image sample)."""
+    videos = [m for m in media if m.kind == "video"]
+    if len(videos) > 1:
+        raise ValueError(f"{len(videos)} videos in one sample; a sample has one video or some images")
+    return videos or media
+
+
+# ---- parquet ----------------------------------------------------------------------------------------
+class ParquetFiles(Source):
+    KEY_COLUMNS = ("__key__", "key", "id")
+
+    def __init__(self, spec, shards, media_root=None):
+        super().__init__(spec, shards, media_root)
+        self.groups = LRU(1)  # the row group last read (its rows are usually read together)
+
+    def build_index(self, shard: int) -> list[int]:
+        """The row groups' first rows, and the row count last."""
+        import pyarrow.parquet as pq
+
+        metadata = pq.ParquetFile(self.shards[shard]).metadata
+        starts = [0]
+        for group in range(metadata.num_row_groups):
+            starts.append(starts[-1] + metadata.row_group(group).num_rows)
+        return starts
+
+    def count(self, shard: int) -> int:
+        starts = self.index(shard)
+        return starts[-1] if starts else 0
+
+    def read(self, shard: int, row: int) -> Record:
+        import bisect
+
+        import pyarrow.parquet as pq
+
+        starts = self.index(shard)
+        group = bisect.bisect_right(starts, row) - 1
+        table = self.groups.get_or_make((shard, group), lambda: pq.ParquetFile(self.shards[shard]).read_row_group(group))
+        fields = table.slice(row - starts[group], 1).to_pylist()[0]
+        key = next((str(fields[c]) for c in self.KEY_COLUMNS if fields.get(c) is not None), str(row))
+        media = []
+        for column in ("video", "image", "images"):
+            cells = fields.pop(column, None)
+            for number, cell in enumerate(cells if isinstance(cells, list) else [cells] if cells is not None else []):
+                media.append(self.cell_media(cell, column.rstrip("s"), f"{key}.{number}"))
+        return Record(f"{self.shard_name(shard)}/{key}", fields, one_kind(media))
+
+    def cell_media(self, cell, kind: str, stem: str) -> Media:
+        """A media cell: bytes, {"bytes": ..., "path": ...} as the hub's Image/Video features store
+        them, or a path under the media root."""
+        if isinstance(cell, dict):
+            if cell.get("bytes") is None:
+                return self.media_file(cell.get("path"))
+            name = cell.get("path") or f"{stem}.{'jpg' if kind == 'image' else 'mp4'}"
+            return Media(kind, Path(name).name, data=cell["bytes"])
+        if isinstance(cell, bytes):
+            return Media(kind, f"{stem}.{'jpg' if kind == 'image' else 'mp4'}", data=cell)
+        return self.media_file(cell)
+
+
+# ---- annotation files -------------------------------------------------------------------------------
+class AnnotationRows(Source):
+    """Shards are (file, block) pairs: a ``.jsonl`` file cut into blocks of ``block_bytes`` (a row
+    belongs to the block its first byte lies in), a ``.json`` list one shard."""
+
+    def __init__(self, spec, files: list[Path], media_root: Path, block_bytes: int = BLOCK_BYTES, folder: bool = False):
+        self.spec_is_folder = folder  # a training folder: its annotations and videos
+        shards = []
+        for path in files:
+            blocks = max(1, -(-path.stat().st_size // block_bytes)) if path.suffix == ".jsonl" else 1
+            shards += [(path, block) for block in range(blocks)]
+        super().__init__(spec, shards, media_root)
+        self.block_bytes = block_bytes
+        self.lists = LRU(1)  # a .json list, parsed once per process
+
+    def files(self) -> list[Path]:
+        return sorted({path for path, _ in self.shards})
+
+    def shard_name(self, shard: int) -> str:
+        path, block = self.shards[shard]
+        return path.name if path.suffix == ".json" else f"{path.name}@{block}"
+
+    def build_index(self, shard: int) -> list[int]:
+        """Byte offsets of the block's rows (or list positions of a .json)."""
+        path, block = self.shards[shard]
+        if path.suffix == ".json":
+            return list(range(len(self.json_list(path))))
+        start, end, offsets = block * self.block_bytes, (block + 1) * self.block_bytes, []
+        with open(path, "rb") as f:
+            if start:
+                f.seek(start - 1)
+                if f.read(1) != b"\n":
+                    while (piece := f.readline(MAX_ROW_BYTES)) and not piece.endswith(b"\n"):
+                        pass  # the row that began in the block before
+            while (offset := f.tell()) < end:
+                line = f.readline(MAX_ROW_BYTES + 1)
+                if not line:
+                    break
+                if len(line) > MAX_ROW_BYTES and not line.endswith(b"\n"):
+                    while (piece := f.readline(MAX_ROW_BYTES)) and not piece.endswith(b"\n"):
+                        pass
+                if line.strip():
+                    offsets.append(offset)
+        return offsets
+
+    def json_list(self, path: Path) -> list:
+        def load():
+            rows = json.loads(path.read_text(encoding="utf-8-sig"))
+            if not isinstance(rows, list):
+                raise ValueError("a .json annotation file must hold a list of rows")
+            return rows
+
+        return self.lists.get_or_make(path, load)
+
+    def read(self, shard: int, row: int) -> Record:
+        path, _ = self.shards[shard]
+        offset = self.index(shard)[row]
+        if path.suffix == ".json":
+            fields, where = self.json_list(path)[offset], f"item {offset + 1}"
+        else:
+            with open(path, "rb") as f:
+                f.seek(offset)
+                line = f.readline(MAX_ROW_BYTES + 1)
+            if len(line) > MAX_ROW_BYTES:
+                raise ValueError(f"a row longer than {MAX_ROW_BYTES >> 20} MB")
+            fields, where = json.loads(line.decode("utf-8").removeprefix("\ufeff")), f"byte {offset}"
+        if not isinstance(fields, dict):
+            raise ValueError("a row must be a JSON object")
+        key = str(fields["id"]) if isinstance(fields.get("id"), (str, int)) else where
+        media = [self.media_file(name) for column in ("video", "image")
+                 for name in (fields.get(column) if isinstance(fields.get(column), list) else [fields.get(column)])
+                 if name is not None]
+        if not media:
+            raise ValueError('a row needs "video" or "image": a path under the media root')
+        return Record(f"{path.name}/{key}", fields, one_kind(media))
+
+
+# ---- from a recipe's path ---------------------------------------------------------------------------
+NUMBER_RANGE = re.compile(r"\{(\d+)\.\.(\d+)\}")
+
+
+def expand(pattern: str) -> list[str]:
+    """webdataset's shard notation (``shards-{00000..00099}.tar``, zero-padded ranges) and globs."""
+    match = NUMBER_RANGE.search(pattern)
+    if match:
+        first, last = match.group(1), match.group(2)
+        names = [pattern[:match.start()] + str(n).zfill(len(first)) + pattern[match.end():]
+                 for n in range(int(first), int(last) + 1)]
+        return [path for name in names for path in expand(name)]
+    return sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern] if Path(pattern).exists() else []
+
+
+def open_source(path: str, media: str | None, base: Path) -> Source:
+    """The source a recipe's ``path`` (relative to the recipe's folder) names; :class:`UserError`
+    when it names nothing readable."""
+    from ..finetune.data import annotation_file
+
+    pattern = str(base / path) if not Path(path).is_absolute() else path
+    files = [Path(p) for p in expand(pattern)]
+    if not files:
+        raise UserError(f"source {path!r} matches no file (looked for {pattern})")
+    if len(files) == 1 and files[0].is_dir():
+        return AnnotationRows(path, [annotation_file(files[0])], files[0].resolve(), folder=True)
+    suffixes = {f.suffix for f in files}
+    if len(suffixes) > 1:
+        raise UserError(f"source {path!r} mixes {', '.join(sorted(suffixes))} files; give each kind its own source")
+    suffix = suffixes.pop()
+    root = Path(media).expanduser() if media else files[0].parent
+    root = (base / root if not root.is_absolute() else root).resolve()
+    if suffix == ".tar":
+        return TarShards(path, [str(f) for f in files])
+    if suffix == ".parquet":
+        return ParquetFiles(path, [str(f) for f in files], root)
+    if suffix in (".jsonl", ".json"):
+        return AnnotationRows(path, files, root)
+    raise UserError(f"source {path!r}: {suffix or 'extensionless'} files are not a source; give .tar shards, "
+                    ".parquet files, a .jsonl/.json annotation file or a training folder")

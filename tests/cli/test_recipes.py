@@ -1,0 +1,187 @@
+"""`crosslmm finetune RECIPE.yaml`: images, multi-image samples and videos from tar shards,
+parquet and annotation files, mixed by weight, resumable after kill -9 on 1 process and from 2
+processes to 1, bad members skipped and reported. The references are an uninterrupted run, the
+generator's own sample keys, and binomial sampling error."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from crosslmm.loading import load_model
+from crosslmm_cli.app import app
+from crosslmm_cli.synthetic_shards import (
+    add_member, write_annotated_videos, write_image_shards, write_multi_image_shard, write_parquet, write_video_shards,
+)
+from tests.helpers import free_port
+
+runner = CliRunner()
+
+SOURCES = [
+    {"path": "img/images-{00000..00002}.tar", "weight": 2},
+    {"path": "vid/*.tar", "weight": 1},
+    {"path": "multi/m-00000.tar", "weight": 0.5},
+    {"path": "pq/a.parquet", "weight": 1},
+    {"path": "llava/annotations.jsonl", "media": "llava/videos", "weight": 1},
+]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("corpus")
+    write_image_shards(root / "img", 3, 8)
+    write_video_shards(root / "vid", 2, 6)
+    write_multi_image_shard(root / "multi" / "m-00000.tar", 4)
+    write_parquet(root / "pq" / "a.parquet", 16, row_group=5)
+    write_annotated_videos(root / "llava", 8)
+    return root
+
+
+def recipe(folder: Path, name: str = "recipe.yaml", sources=SOURCES, **options) -> Path:
+    import yaml
+
+    settings = {"stage": 2, "full": True, "frames": 2, "lr": "1e-3", "max_steps": 6, "batch_size": 1,
+                "global_batch": 2, "save_every": 2, "workers": 0, **options}
+    path = folder / name
+    path.write_text(yaml.safe_dump({**settings, "sources": sources}))
+    return path
+
+
+def samples(output: Path) -> list[dict]:
+    return [json.loads(line) for line in (output / "samples.jsonl").read_text().splitlines()]
+
+
+def weights(output: Path) -> dict[str, torch.Tensor]:
+    return {name: tensor.clone() for name, tensor in load_model(output).state_dict().items()}
+
+
+def module_run(module: str, data: Path, output: Path, *flags, processes: int = 1, kill_at: int | None = None):
+    """``crosslmm finetune`` in a fresh process (two under torchrun), optionally SIGKILLed after step ``kill_at``."""
+    launcher = ["-m", "torch.distributed.run", "--nproc_per_node", str(processes), "--master_port", str(free_port())] \
+        if processes > 1 else []
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    if kill_at is not None:
+        env["CROSSLMM_TEST_KILL_AT_STEP"] = str(kill_at)
+    command = [sys.executable, *launcher, "-m", module, "finetune", str(data), "--output", str(output), *flags]
+    return subprocess.run(command, capture_output=True, text=True, timeout=300, check=False, env=env)
+
+
+def test_a_mixed_recipe_trains_on_every_source_and_records_what_it_read(corpus, tiny_checkpoint, tmp_path):
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["finetune", str(recipe(corpus, max_steps=12)), "--model", str(tiny_checkpoint),
+                                 "--output", str(out)])
+    assert result.exit_code == 0, result.output
+    rows = samples(out)
+    assert [row["step"] for row in rows] == list(range(1, 13)) and all(len(row["samples"]) == 2 for row in rows)
+    names = [name for row in rows for name in row["samples"]]
+    assert {name.split(":")[0] for name in names} == {"0", "1", "2", "3", "4"}
+    # every name is a sample the generator wrote, in the source it was written to
+    written = {
+        "0": {f"images-{s:05d}.tar/{s:05d}{r:04d}" for s in range(3) for r in range(8)},
+        "1": {f"videos-{s:05d}.tar/{s:05d}{r:04d}" for s in range(2) for r in range(6)},
+        "2": {f"m-00000.tar/multi{r:05d}" for r in range(4)},
+        "3": {f"a.parquet/p{r:05d}" for r in range(16)},
+        "4": {f"annotations.jsonl/j{r:05d}" for r in range(8)},
+    }
+    assert all(name.split(":", 1)[1] in written[name.split(":")[0]] for name in names)
+    assert "trained 12 steps on 24 rows (0 skipped)" in " ".join(result.output.split())
+    load_model(out)
+
+
+def test_a_flag_on_the_command_line_wins_over_the_recipe(corpus, tiny_checkpoint, tmp_path):
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["finetune", str(recipe(corpus)), "--model", str(tiny_checkpoint), "--output", str(out),
+                                 "--max-steps", "2"])
+    assert result.exit_code == 0, result.output
+    assert [row["step"] for row in samples(out)] == [1, 2]
+
+
+def test_kill_9_then_resume_consumes_the_same_samples_and_ends_with_the_same_weights(corpus, tiny_checkpoint, tmp_path):
+    data = recipe(corpus, max_steps=6, save_every=2)
+    flags = ["--model", str(tiny_checkpoint)]
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    assert module_run("crosslmm_cli.app", data, whole, *flags).returncode == 0
+    cut = module_run("tests.killed_at_step", data, killed, *flags, kill_at=3)  # after step 3, saved at 2
+    assert cut.returncode == -9 and len(samples(killed)) == 3
+    resumed = module_run("crosslmm_cli.app", data, killed, *flags, "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming from step-000002" in resumed.stderr
+    assert samples(killed) == samples(whole)
+    reference, after = weights(whole), weights(killed)
+    assert all(torch.equal(reference[name], after[name]) for name in reference)
+
+
+def test_two_processes_killed_resume_on_one_as_if_never_stopped(corpus, tiny_checkpoint, tmp_path):
+    """global_batch 2: two processes take one sample each per step, one process accumulates two."""
+    data = recipe(corpus, max_steps=6, save_every=2)
+    flags = ["--model", str(tiny_checkpoint)]
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    assert module_run("crosslmm_cli.app", data, whole, *flags).returncode == 0
+    cut = module_run("tests.killed_at_step", data, killed, *flags, processes=2, kill_at=3)
+    assert cut.returncode != 0 and len(samples(killed)) == 3
+    assert samples(killed) == samples(whole)[:3]  # two processes read what one does, step for step
+    resumed = module_run("crosslmm_cli.app", data, killed, *flags, "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert samples(killed) == samples(whole)
+    reference, after = weights(whole), weights(killed)
+    # the same samples in the same steps; the sums over two processes round differently from one's
+    assert all(torch.allclose(reference[name], after[name], rtol=1e-4, atol=1e-6) for name in reference)
+
+
+def test_a_corrupt_member_inside_a_shard_is_skipped_and_reported(corpus, tiny_checkpoint, tmp_path):
+    shard = tmp_path / "bad" / "bad-00000.tar"
+    write_image_shards(tmp_path / "bad", 1, 6, prefix="bad")
+    with tarfile.open(shard) as tar:  # rewrite the shard with sample 2's image replaced by garbage
+        members = [(m.name, tar.extractfile(m).read()) for m in tar.getmembers()]
+    with tarfile.open(shard, "w") as tar:
+        for name, data in members:
+            add_member(tar, name, b"\xff\xd8 not a jpeg" if name == "000000002.jpg" else data)
+    data = recipe(tmp_path, sources=[{"path": "bad/*.tar"}], max_steps=6, global_batch=1)
+    result = runner.invoke(app, ["finetune", str(data), "--model", str(tiny_checkpoint), "--output", str(tmp_path / "o")])
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    assert "skipped source 0, bad-00000.tar/000000002:" in text
+    assert "source 0 (bad/*.tar): 1 unusable samples skipped" in text
+    read = [name for row in samples(tmp_path / "o") for name in row["samples"]]
+    assert len(read) == 6 and "0:bad-00000.tar/000000002" not in read
+
+
+@pytest.mark.parametrize("case,message", [
+    ("empty", "matches no file"),
+    ("all-bad", "none of its first"),
+    ("unknown-option", "unknown option 'learning_rate'"),
+    ("bad-weight", "weight must be a positive number"),
+    ("no-max-steps", "a recipe run needs max_steps"),
+    ("not-yaml", "is not valid YAML"),
+])
+def test_a_bad_recipe_is_one_line_before_step_1(corpus, tiny_checkpoint, tmp_path, case, message):
+    if case == "all-bad":
+        (tmp_path / "junk").mkdir()
+        with tarfile.open(tmp_path / "junk" / "j.tar", "w") as tar:
+            add_member(tar, "a.jpg", b"junk")
+            add_member(tar, "a.txt", b"a caption")
+    sources = {"empty": [{"path": "nothing/*.tar"}], "all-bad": [{"path": "junk/j.tar"}],
+               "bad-weight": [{"path": str(corpus / "pq" / "a.parquet"), "weight": -1}]}.get(
+        case, [{"path": str(corpus / "pq" / "a.parquet")}])
+    options = {"unknown-option": {"learning_rate": 1}, "no-max-steps": {"max_steps": None}}.get(case, {})
+    data = recipe(tmp_path, sources=sources, **options)
+    if case == "not-yaml":
+        data.write_text("stage: [1\n")
+    out = tmp_path / "o"
+    result = runner.invoke(app, ["finetune", str(data), "--model", str(tiny_checkpoint), "--output", str(out)])
+    assert result.exit_code == 1 and message in " ".join(result.output.split()), result.output
+    assert "Traceback" not in result.output and not (out / "metrics.jsonl").exists()
+
+
+def test_an_output_holding_a_source_is_refused(corpus, tiny_checkpoint, tmp_path):
+    result = runner.invoke(app, ["finetune", str(recipe(corpus, name="r2.yaml")), "--model", str(tiny_checkpoint),
+                                 "--output", str(corpus)])
+    assert result.exit_code == 1 and "training never writes over its inputs" in " ".join(result.output.split())

@@ -1,0 +1,137 @@
+"""The training-data package against references it does not use: the mixture's proportions
+against binomial sampling error, each source's stream against the set of samples written, the
+readers against tarfile / pyarrow / json reading whole files, and memory on a 1 M-row source."""
+
+from __future__ import annotations
+
+import json
+import math
+import tarfile
+import time
+import tracemalloc
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from crosslmm_cli.synthetic_shards import write_image_shards, write_multi_image_shard, write_parquet
+from crosslmm_cli.training_data.order import SampleOrder
+from crosslmm_cli.training_data.sources import AnnotationRows, ParquetFiles, TarShards, expand, open_source
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("shards")
+    write_image_shards(root / "img", 5, 7)  # uneven: 35 samples over 5 shards
+    write_multi_image_shard(root / "multi" / "m-00000.tar", 5, images=3)
+    write_parquet(root / "pq" / "a.parquet", 23, row_group=4)
+    return root
+
+
+def jsonl_source(path: Path, rows: int, block_bytes: int) -> AnnotationRows:
+    with open(path, "w") as f:
+        for row in range(rows):
+            f.write(json.dumps({"id": f"r{row}", "image": "x.jpg", "caption": "c" * (row % 37)}) + "\n")
+            if row % 5 == 0:
+                f.write("\n")  # blank lines are not rows
+    return AnnotationRows("a.jsonl", [path], path.parent, block_bytes=block_bytes)
+
+
+def every_record(source) -> list:
+    return [source.read(shard, row) for shard in range(len(source.shards)) for row in range(source.count(shard))]
+
+
+def test_tar_reader_matches_tarfile_extraction(shards):
+    source = open_source("img/images-{00000..00004}.tar", None, shards)
+    records = every_record(source)
+    expected = []
+    for path in expand(str(shards / "img" / "images-{00000..00004}.tar")):
+        with tarfile.open(path) as tar:
+            members = {m.name: tar.extractfile(m).read() for m in tar.getmembers()}
+        for name in sorted(n for n in members if n.endswith(".jpg")):
+            key = name.removesuffix(".jpg")
+            expected.append((f"{Path(path).name}/{key}", members[name], members[f"{key}.txt"].decode()))
+    assert [(r.key, r.media[0].data, r.fields["caption"]) for r in records] == expected
+    multi = open_source("multi/m-00000.tar", None, shards)
+    first = multi.read(0, 0)
+    assert [m.name for m in first.media] == ["multi00000.0.jpg", "multi00000.1.jpg", "multi00000.2.jpg"]
+    assert first.fields["conversations"][1]["value"] == "pair multi00000"
+
+
+def test_parquet_reader_matches_pyarrow_reading_the_whole_file(shards):
+    source = ParquetFiles("a.parquet", [str(shards / "pq" / "a.parquet")], shards / "pq")
+    table = pq.read_table(shards / "pq" / "a.parquet").to_pylist()
+    records = every_record(source)
+    assert [r.key for r in records] == [f"a.parquet/{row['id']}" for row in table]
+    assert [r.media[0].data for r in records] == [row["image"]["bytes"] for row in table]
+    assert [r.fields["caption"] for r in records] == [row["caption"] for row in table]
+
+
+@pytest.mark.parametrize("block_bytes", [97, 1000, 1 << 22])
+def test_jsonl_blocks_hold_every_row_once(tmp_path, block_bytes):
+    source = jsonl_source(tmp_path / "a.jsonl", 150, block_bytes)
+    expected = [json.loads(line)["id"] for line in (tmp_path / "a.jsonl").read_text().splitlines() if line.strip()]
+    assert [r.key.split("/")[1] for r in every_record(source)] == expected
+
+
+def test_each_source_stream_is_a_permutation_per_epoch(shards):
+    source = open_source("img/*.tar", None, shards)
+    order = SampleOrder([source], [1.0], seed=3)
+    total = sum(source.count(s) for s in range(len(source.shards)))
+    for epoch in range(3):
+        places = [order.locate(0, epoch * total + p) for p in range(total)]
+        assert sorted(places) == sorted((s, r) for s in range(5) for r in range(7))
+    first = [order.locate(0, p) for p in range(total)]
+    assert first != [order.locate(0, total + p) for p in range(total)]  # each epoch its own order
+    assert first != sorted(first)  # shuffled
+    assert len({shard for shard, _ in first[:14]}) > 1  # a window mixes its shards
+
+
+def test_the_order_is_a_function_of_the_seed_alone(shards):
+    def names(seed, sources_built_fresh=True):
+        sources = [open_source("img/*.tar", None, shards), open_source("pq/a.parquet", None, shards)]
+        order = SampleOrder(sources, [1, 1], seed)
+        return [order.locate(*order.source_position(n)) + order.source_position(n) for n in range(300)]
+
+    assert names(0) == names(0) and names(0) != names(1)
+    # sample 250 found without asking for the ones before it
+    sources = [open_source("img/*.tar", None, shards), open_source("pq/a.parquet", None, shards)]
+    order = SampleOrder(sources, [1, 1], 0)
+    position = order.source_position(250)
+    assert order.locate(*position) + position == names(0)[250]
+
+
+def test_the_mixture_follows_the_weights_within_sampling_error(shards):
+    sources = [open_source(p, None, shards) for p in ("img/*.tar", "multi/*.tar", "pq/a.parquet")]
+    weights = [2.0, 1.0, 1.0]
+    order = SampleOrder(sources, weights, seed=0)
+    n = 6000  # spans two mixture blocks
+    drawn = np.bincount([order.source_position(i)[0] for i in range(n)], minlength=3)
+    for count, weight in zip(drawn, weights):
+        p = weight / sum(weights)
+        assert abs(count - n * p) < 4 * math.sqrt(n * p * (1 - p)), (drawn, weights)
+    # positions within each source are consecutive: the k-th draw of a source takes its position k
+    positions = [order.source_position(i) for i in range(n)]
+    for source in range(3):
+        assert [p for s, p in positions if s == source] == list(range(drawn[source]))
+
+
+def test_a_million_row_source_starts_at_once_in_bounded_memory(tmp_path):
+    path = tmp_path / "big.jsonl"
+    row = '{"image": "x.jpg", "caption": "a caption of some forty characters...."}\n'
+    with open(path, "w") as f:
+        for _ in range(1000):
+            f.write(row * 1000)  # 1 M rows, ~75 MB
+    tracemalloc.start()
+    began = time.perf_counter()
+    source = open_source(path.name, None, tmp_path)
+    order = SampleOrder([source], [1.0], seed=0)
+    first = order.locate(*order.source_position(0))
+    startup = time.perf_counter() - began
+    for sample in range(2000):
+        source.read(*order.locate(*order.source_position(sample)))
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert first is not None and startup < 5.0  # reads a window of 4 blocks, not the file
+    assert peak < 40 << 20, f"{peak / 2**20:.0f} MB traced for a {path.stat().st_size / 2**20:.0f} MB source"
