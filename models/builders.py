@@ -194,7 +194,7 @@ def parameter_counts(config: CrossLMMConfig) -> dict[str, int]:
         return sum(p.numel() for m in modules for p in m.parameters())
 
     total = sum(p.numel() for p in model.parameters())
-    v2v = count([layer.cross_attn.v2v for layer in model.cross_attention_layers()])
+    v2v = count([layer.cross_attn.v2v for layer in model.cross_attention_layers() if layer.cross_attn.v2v is not None])
     t2v = count([layer.cross_attn.t2v for layer in model.cross_attention_layers()])
     projector = count([model.multi_modal_projector]) + model.video_separator.numel()
     return {

@@ -158,12 +158,18 @@ class CrossAttentionInputs:
 
 
 class DualCrossAttention(nn.Module):
-    """V2V and T2V cross-attention of one decoder layer (separate weights, same shape)."""
+    """V2V and T2V cross-attention of one decoder layer (separate weights, same shape).
+
+    The last decoder layer has no V2V: what it would write to the visual positions reaches no later
+    layer (only the position-wise MLP and the head follow) and the head's logits there are neither
+    scored nor sampled, so it would be weights without a gradient and FLOPs without an effect. Its
+    T2V stays: the text positions it updates are the ones the head reads."""
 
     def __init__(self, config, layer_idx: int):
         super().__init__()
         self.layer_idx = layer_idx
-        self.v2v = CrossAttention(config.text_config)
+        last = layer_idx == config.text_config.num_hidden_layers - 1
+        self.v2v = None if last else CrossAttention(config.text_config)
         self.t2v = CrossAttention(config.text_config)
         self.use_v2v = config.v2v
         self.use_t2v = config.t2v
@@ -173,7 +179,7 @@ class DualCrossAttention(nn.Module):
         """hidden (B, L, D) -> the update to add to it (B, L, D); zero where nothing attends."""
         batch, length, width = hidden.shape
         update = hidden.new_zeros(batch * length, width)
-        if self.use_v2v and inputs.pooled_positions is not None and inputs.pooled_positions.numel():
+        if self.use_v2v and self.v2v is not None and inputs.pooled_positions is not None and inputs.pooled_positions.numel():
             update = self._v2v(hidden.reshape(batch * length, width), update, inputs)
         update = update.view(batch, length, width)
         if self.use_t2v and inputs.any_text:

@@ -30,6 +30,9 @@ class CrossLMMPreTrainedModel(PreTrainedModel):
     # names them), the vision tower's
     _no_split_modules = ["Qwen2DecoderLayer", "LlamaDecoderLayer", "Qwen2DecoderLayerWithCrossAttention",
                          "LlamaDecoderLayerWithCrossAttention", "SiglipEncoderLayer"]
+    # checkpoints written before the last decoder layer lost its V2V (see DualCrossAttention) hold its
+    # weights; they are dropped unread (any other layer's V2V is expected, so only that one is ever unexpected)
+    _keys_to_ignore_on_load_unexpected = [r"\.cross_attn\.v2v\."]
     _supports_sdpa = True
     _supports_flash_attn = True
     _supports_attention_backend = True

@@ -12,7 +12,7 @@ def open_gates(model, value: float = 1.0, v2v: bool = True, t2v: bool = True) ->
     """Set every DCAL gate parameter (tanh(value) is the gate)."""
     with torch.no_grad():
         for layer in model.cross_attention_layers():
-            if v2v:
+            if v2v and layer.cross_attn.v2v is not None:
                 layer.cross_attn.v2v.gate.scale.fill_(value)
             if t2v:
                 layer.cross_attn.t2v.gate.scale.fill_(value)

@@ -88,7 +88,7 @@ def main() -> None:
     model, processor = build_tiny(tokens_per_frame=1, v2v=args.v2v, t2v=args.t2v)
     model.vision_tower.embeddings.position_embedding.weight.data *= args.position_scale
     for layer in model.cross_attention_layers():  # trained from scratch: start with open gates
-        for gate in (layer.cross_attn.v2v.gate, layer.cross_attn.t2v.gate):
+        for gate in [part.gate for part in (layer.cross_attn.v2v, layer.cross_attn.t2v) if part is not None]:
             gate.scale.data.fill_(1.0)
     hint: dict = {}
     if args.hint:

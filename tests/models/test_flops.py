@@ -25,7 +25,9 @@ def hand_count(config, frames: int, text: int) -> dict[str, int]:
     pooled, originals = frames * config.tokens_per_frame, frames * patches
     v2v = 2 * 2 * pooled * width * width + 2 * 2 * originals * width * kv_width + 4 * pooled * patches * width
     t2v = 2 * 2 * text * width * width + 2 * 2 * originals * width * kv_width + 4 * text * originals * width
-    counts["dcal"] = len(config.cross_attn_layers) * ((v2v if config.v2v else 0) + (t2v if config.t2v else 0))
+    # every DCAL layer has T2V; all but the last decoder layer have V2V
+    v2v_layers = [i for i in config.cross_attn_layers if i < text_config.num_hidden_layers - 1]
+    counts["dcal"] = len(v2v_layers) * (v2v if config.v2v else 0) + len(config.cross_attn_layers) * (t2v if config.t2v else 0)
     return counts
 
 

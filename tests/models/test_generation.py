@@ -88,16 +88,21 @@ def test_seeded_sampling_equals_recompute(tiny_open):
 
 def test_beam_search_finds_a_likelier_answer_than_greedy(tiny_open):
     model, processor = tiny_open
-    batch = processor(question(), [random_video(3)])
-    steps = 8
-    greedy = new_tokens(model.generate(**batch, max_new_tokens=steps, min_new_tokens=steps, do_sample=False), batch)[0]
-    beams = model.generate(**batch, max_new_tokens=steps, min_new_tokens=steps, do_sample=False, num_beams=2,
-                           num_return_sequences=2, early_stopping=True)
-    best = new_tokens(beams, batch)
-    assert len(best) == 2 and best[0] != greedy
-    # with every answer the same length, beam search ranks by the summed log-probability
-    assert log_probability(model, batch, best[0]) > log_probability(model, batch, greedy)
-    assert log_probability(model, batch, best[0]) >= log_probability(model, batch, best[1]) - 1e-4
+    steps, found = 8, 0
+    for seed in range(4):  # on some videos greedy is already the likeliest answer
+        batch = processor(question(), [random_video(3, seed=seed)])
+        greedy = new_tokens(model.generate(**batch, max_new_tokens=steps, min_new_tokens=steps, do_sample=False), batch)[0]
+        beams = model.generate(**batch, max_new_tokens=steps, min_new_tokens=steps, do_sample=False, num_beams=2,
+                               num_return_sequences=2, early_stopping=True)
+        best = new_tokens(beams, batch)
+        assert len(best) == 2
+        # with every answer the same length, beam search ranks by the summed log-probability
+        assert log_probability(model, batch, best[0]) >= log_probability(model, batch, greedy) - 1e-4
+        assert log_probability(model, batch, best[0]) >= log_probability(model, batch, best[1]) - 1e-4
+        if best[0] != greedy:
+            assert log_probability(model, batch, best[0]) > log_probability(model, batch, greedy)
+            found += 1
+    assert found
 
 
 def test_several_answers_per_prompt_each_see_their_own_video(tiny_open):
