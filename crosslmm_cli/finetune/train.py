@@ -154,7 +154,7 @@ def configure_stage(model, settings: FinetuneSettings):
     core = model.get_base_model() if hasattr(model, "get_base_model") else model
     new_parts = [core.multi_modal_projector]
     for layer in core.cross_attention_layers():
-        if settings.v2v:
+        if settings.v2v and layer.cross_attn.v2v is not None:  # the last layer has none
             new_parts.append(layer.cross_attn.v2v)
         if settings.t2v and settings.stage == 2:
             new_parts.append(layer.cross_attn.t2v)
@@ -173,6 +173,10 @@ def configure_stage(model, settings: FinetuneSettings):
         if not settings.t2v:
             for layer in core.cross_attention_layers():
                 layer.cross_attn.t2v.requires_grad_(False)
+    for layer in core.cross_attention_layers():
+        for part in (layer.cross_attn.v2v, layer.cross_attn.t2v):
+            if part is not None and part.k_proj.bias is not None:
+                part.k_proj.bias.requires_grad_(False)  # cancelled by the softmax (see the vision tower's below)
     groups = [{"params": [p for n, p in model.named_parameters() if p.requires_grad and "vision_tower" not in n],
                "lr": settings.lr}]
     if settings.train_vision:
