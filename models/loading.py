@@ -12,6 +12,7 @@ from transformers import AutoTokenizer, BitsAndBytesConfig
 
 from .configuration import CrossLMMConfig
 from .generation import stop_token_ids
+from .model_card import write_model_card
 from .modeling import CrossLMMForConditionalGeneration
 from .processing import CrossLMMProcessor
 
@@ -58,13 +59,15 @@ def _saved_dtype(config: CrossLMMConfig) -> torch.dtype:
 def save_checkpoint(model: CrossLMMForConditionalGeneration, processor: CrossLMMProcessor, path: str | os.PathLike,
                     max_shard_size: str | int | None = None) -> None:
     """Write ``config.json``, ``generation_config.json``, the safetensors weights (sharded as
-    transformers shards them, or at ``max_shard_size``) and the processor's files to ``path``."""
+    transformers shards them, or at ``max_shard_size``), the processor's files and a model card
+    (README.md: how to load it) to ``path``."""
     os.makedirs(path, exist_ok=True)
     stops = sorted(stop_token_ids(processor.tokenizer, model.config))
     model.generation_config.eos_token_id = stops  # so that a plain generate() ends at <|im_end|>
     model.generation_config.pad_token_id = processor.tokenizer.pad_token_id
     model.save_pretrained(path, **({} if max_shard_size is None else {"max_shard_size": max_shard_size}))
     processor.save_pretrained(path)
+    write_model_card(model.config, path)
 
 
 def load_model(
@@ -122,6 +125,7 @@ def save_partial_checkpoint(
     config.base_checkpoint = str(base_checkpoint)
     config.save_pretrained(path)
     processor.save_pretrained(path)
+    write_model_card(config, path)
 
 
 def base_location(path: str | os.PathLike, base_checkpoint: str) -> str:

@@ -247,3 +247,23 @@ def test_the_tool_and_the_library_import_from_a_folder_with_its_own_models_packa
     both = run("-c", "import crosslmm, models; print(models.MINE, crosslmm.CrossLMMForConditionalGeneration.__name__)")
     assert both.returncode == 0 and both.stdout.split() == ["True", "CrossLMMForConditionalGeneration"], both.stderr
     assert not (REPOSITORY / "crosslmm").exists()  # the import name comes from packaging, not a folder
+
+
+def test_the_model_card_says_to_import_crosslmm_and_its_code_answers_as_crosslmm_ask(tmp_path, videos):
+    """Every checkpoint carries a README.md; its Python block, run as written next to the checkpoint
+    in a fresh interpreter, gives `crosslmm ask`'s answer; without its first line it cannot load."""
+    checkpoint = tmp_path / "ckpt"
+    assert CliRunner().invoke(app, ["init", "tiny", str(checkpoint)]).exit_code == 0
+    card = (checkpoint / "README.md").read_text()
+    assert "**import `crosslmm`\nfirst**" in card
+    code = card.split("```python\n")[1].split("```")[0].replace('"ckpt"', f'"{checkpoint.name}"')
+    (tmp_path / "video.mp4").write_bytes(videos["mp4"].read_bytes())
+    run = lambda source: subprocess.run([sys.executable, "-c", source], cwd=tmp_path, capture_output=True,  # noqa: E731
+                                        text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(REPOSITORY)})
+    card_run = run(code)
+    assert card_run.returncode == 0, card_run.stderr[-2000:]
+    asked = CliRunner().invoke(app, ["ask", str(tmp_path / "video.mp4"), "What happens?", "--model", str(checkpoint),
+                                     "--frames", "8", "--max-new-tokens", "32", "--json"])
+    assert asked.exit_code == 0, asked.output
+    assert card_run.stdout.strip() == json.loads(asked.stdout)["answer"].strip()
+    assert run(code.replace("import crosslmm", "pass")).returncode != 0
