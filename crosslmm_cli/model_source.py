@@ -113,9 +113,11 @@ def open_model(
     dtype: torch.dtype | None = None,
     tokens_per_frame: int | None = None,
     require_trained: bool = False,
+    read_weights: bool = True,
 ):
     """Load ``spec``: a checkpoint directory, a preset name (built once into the cache) or a hub id.
-    With ``require_trained``, refuse (before loading weights) a model whose projector is untrained."""
+    With ``require_trained``, refuse (before loading weights) a model whose projector is untrained;
+    without ``read_weights``, allocate the weights without reading them (see ``unread_model``)."""
     overrides = {} if tokens_per_frame is None else {"tokens_per_frame": tokens_per_frame}
     if is_checkpoint_dir(spec):
         check_checkpoint(Path(spec))
@@ -138,7 +140,7 @@ def open_model(
         else:
             check_hub_reachable(f"model {spec!r}")
     try:
-        return load_checkpoint(path, quantize=quantize, device=device, dtype=dtype, **overrides)
+        return load_checkpoint(path, quantize=quantize, device=device, dtype=dtype, read_weights=read_weights, **overrides)
     except OSError as error:
         raise UserError(
             f"could not load model {spec!r}: not a local checkpoint, and it could not be fetched from the hub "

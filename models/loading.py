@@ -150,14 +150,36 @@ def _load_partial(path, config: CrossLMMConfig, quantize: str, device, dtype) ->
     return model.eval()
 
 
+def unread_model(path: str | os.PathLike, dtype: torch.dtype | None = None, **config_overrides) -> CrossLMMForConditionalGeneration:
+    """The model of a checkpoint with its parameters allocated on the CPU but not read (memory never
+    written costs no resident memory): for the processes of a sharded run, which receive their
+    shards from rank 0. Buffers (rotary tables) are computed, as they are not sent."""
+    from accelerate import init_empty_weights
+
+    config = CrossLMMConfig.from_pretrained(path, **config_overrides)
+    config.validate_crosslmm()
+    with init_empty_weights(include_buffers=False):
+        model = CrossLMMForConditionalGeneration(config)
+    if dtype is not None:
+        model.to(dtype)  # while the parameters are on the meta device, this allocates nothing
+    for module in model.modules():
+        if any(p.is_meta for p in module.parameters(recurse=False)):
+            module.to_empty(device="cpu", recurse=False)
+    model.tie_weights()
+    return model.eval()
+
+
 def load_checkpoint(
     path: str | os.PathLike,
     quantize: str = "none",
     device: str | torch.device = "cpu",
     dtype: torch.dtype | None = None,
+    read_weights: bool = True,
     **config_overrides,
 ) -> tuple[CrossLMMForConditionalGeneration, CrossLMMProcessor]:
-    """:func:`load_model` and the checkpoint's processor."""
-    model = load_model(path, quantize, device, dtype, **config_overrides)
+    """:func:`load_model` (or, without ``read_weights``, :func:`unread_model`) and the checkpoint's
+    processor."""
+    model = load_model(path, quantize, device, dtype, **config_overrides) if read_weights else unread_model(
+        path, dtype, **config_overrides)
     # the tokenizer saved with it; the rest from the model's config (overrides included)
     return model, CrossLMMProcessor.for_model(AutoTokenizer.from_pretrained(path), model.config)

@@ -379,9 +379,12 @@ def finetune(settings: FinetuneSettings, report: Callable[[str], None] = lambda 
     if not on_cuda:
         share_cores(workers)
     quantized = settings.quantize == "nf4"
+    # sharded with accelerate's cpu_ram_efficient_loading (fsdp.yaml): only rank 0 reads the base, the
+    # others allocate it unread and get their shards from rank 0 when accelerate prepares the model
+    receives_weights = sharded and accelerator.state.fsdp_plugin.cpu_ram_efficient_loading and not accelerator.is_main_process
     model, processor = open_model(settings.model, device=settings.device if quantized else "cpu",
                                   quantize=settings.quantize, dtype=torch.bfloat16 if quantized else torch.float32,
-                                  tokens_per_frame=settings.tokens_per_frame)
+                                  tokens_per_frame=settings.tokens_per_frame, read_weights=not receives_weights)
     model.train()
     if settings.gradient_checkpointing:
         model.checkpoint_activations(use_reentrant=False)
