@@ -36,6 +36,8 @@ sys.path.insert(0, str(HERE.parent))
 
 import torch  # noqa: E402
 
+from benchmarks.rate_bars import rate_bars  # noqa: E402
+
 from crosslmm import save_checkpoint  # noqa: E402
 from crosslmm.builders import build_tiny  # noqa: E402
 from crosslmm_cli.app import quiet_libraries  # noqa: E402
@@ -97,22 +99,9 @@ class PreDecoded:
 
 
 def plot(report: dict, png: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axis = plt.subplots(figsize=(7, 3.2))
-    medians = [report["loaders"][name]["median_samples_per_s"] for name in LOADERS]
-    axis.barh(LOADERS[::-1], medians[::-1], color=["#4c72b0", "#55a868", "#c44e52", "#dd8452"][::-1])
-    for y, value in enumerate(medians[::-1]):
-        axis.text(value, y, f" {value:.1f}", va="center")
-    axis.set_xlabel("samples/s, first epoch (median of rounds)")
-    axis.set_title(f"tiny model, {report['clips']} clips 640x360, {FRAMES} frames, {report['cores']} cores", fontsize=9)
-    axis.set_xlim(0, max(medians) * 1.2)
-    figure.tight_layout()
-    figure.savefig(png, dpi=110)
-    plt.close(figure)
+    medians = {name: report["loaders"][name]["median_samples_per_s"] for name in LOADERS}
+    rate_bars(medians, ["#4c72b0", "#55a868", "#c44e52", "#dd8452"], "samples/s, first epoch (median of rounds)",
+              f"tiny model, {report['clips']} clips 640x360, {FRAMES} frames, {report['cores']} cores", png)
 
 
 def main() -> None:

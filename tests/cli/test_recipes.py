@@ -185,3 +185,21 @@ def test_an_output_holding_a_source_is_refused(corpus, tiny_checkpoint, tmp_path
     result = runner.invoke(app, ["finetune", str(recipe(corpus, name="r2.yaml")), "--model", str(tiny_checkpoint),
                                  "--output", str(corpus)])
     assert result.exit_code == 1 and "training never writes over its inputs" in " ".join(result.output.split())
+
+
+@pytest.mark.parametrize("stage,expected", [
+    (1, {"stage": 1, "lr": 1e-3, "frames": 32, "tokens_per_frame": 9, "global_batch": 512, "max_steps": 39063}),
+    (2, {"stage": 2, "full": True, "train_vision": True, "lr": 1e-5, "vision_lr": 2e-6, "tokens_per_frame": 9,
+         "global_batch": 128, "max_steps": 23438}),
+])
+def test_the_shipped_recipes_carry_table_3(stage, expected):
+    """recipes/stage1.yaml and stage2.yaml against the paper's Table 3 (CrossLMM-2B): batch 512 / 128,
+    LRs, 9 tokens per frame, one pass over 20 M / 3 M samples."""
+    from crosslmm_cli.finetune.train import FinetuneSettings
+    from crosslmm_cli.training_data.recipe import read_recipe
+
+    recipe = read_recipe(Path(__file__).resolve().parents[2] / "recipes" / f"stage{stage}.yaml", FinetuneSettings)
+    assert {name: recipe.options[name] for name in expected} == expected
+    samples = {1: 20e6, 2: 3e6}[stage]
+    assert recipe.options["max_steps"] == -(-int(samples) // recipe.options["global_batch"])
+    assert len(recipe.sources) >= 2 and all(source["weight"] > 0 for source in recipe.sources)
