@@ -1,8 +1,9 @@
 """The batches of each process: optimizer step ``s`` consumes samples ``s * G`` to ``(s + 1) * G - 1``
-of the order (G the global batch), whatever the number of processes. Each micro-batch of a step
-takes the next ``batch_size * processes`` of them, process ``r`` the r-th ``batch_size``; so two
-processes with one micro-batch each and one process accumulating two read the same samples into
-the same step, and a run resumed at step s on any number of processes goes on where it stopped."""
+of the order (G the global batch), whatever the number of processes. They are ordered by source
+(length-aware), and each micro-batch of a step takes the next ``batch_size * processes`` of them,
+process ``r`` the r-th ``batch_size``; so two processes with one micro-batch each and one process
+accumulating two read the same samples into the same step, and a run resumed at step s on any
+number of processes goes on where it stopped."""
 
 from __future__ import annotations
 
@@ -23,21 +24,32 @@ from .sources import AnnotationRows, Source, open_source
 
 
 class StepSampler(torch.utils.data.Sampler):
-    """Sample numbers of this process's micro-batches, from optimizer step ``start`` to ``total``."""
+    """Sample numbers of this process's micro-batches, from optimizer step ``start`` to ``total``.
 
-    def __init__(self, start: int, total: int, global_batch: int, batch_size: int, rank: int, processes: int):
+    Length-aware: with ``source_of`` (sample number -> its source, known from the mixture's draws
+    without reading anything), a step's samples are ordered by source before they are cut into
+    micro-batches, so a micro-batch mostly holds one source's kind of sample (images of 1 frame,
+    videos of many) and pads little; a step still trains on the same samples however many processes
+    share it."""
+
+    def __init__(self, start: int, total: int, global_batch: int, batch_size: int, rank: int, processes: int,
+                 source_of: Callable[[int], int] | None = None):
         self.start, self.total, self.global_batch = start, total, global_batch
         self.batch_size, self.rank, self.processes = batch_size, rank, processes
         self.accumulate = global_batch // (batch_size * processes)
+        self.source_of = source_of
 
     def __len__(self) -> int:
         return (self.total - self.start) * self.accumulate
 
     def __iter__(self):
         for step in range(self.start, self.total):
+            samples = list(range(step * self.global_batch, (step + 1) * self.global_batch))
+            if self.source_of is not None:
+                samples.sort(key=lambda sample: (self.source_of(sample), sample))
             for micro in range(self.accumulate):
-                first = step * self.global_batch + (micro * self.processes + self.rank) * self.batch_size
-                yield list(range(first, first + self.batch_size))
+                first = (micro * self.processes + self.rank) * self.batch_size
+                yield samples[first:first + self.batch_size]
 
 
 def make_mixture_loader(dataset: MixtureDataset, sampler: StepSampler, pad_token_id: int, workers: int,
@@ -136,7 +148,7 @@ class Mixture:
 
     def batches(self, start: int, total: int) -> torch.utils.data.DataLoader:
         sampler = StepSampler(start, total, self.settings.global_batch, self.settings.batch_size, self.rank,
-                              self.processes)
+                              self.processes, source_of=lambda sample: self.order.source_position(sample)[0])
         return make_mixture_loader(self.dataset, sampler, self.pad_token_id, self.workers, self.pin_memory)
 
     def take(self, batch: dict, report: Callable[[str], None], device) -> tuple[dict, list[tuple[int, str]]]:

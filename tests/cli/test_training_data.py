@@ -135,3 +135,30 @@ def test_a_million_row_source_starts_at_once_in_bounded_memory(tmp_path):
     tracemalloc.stop()
     assert first is not None and startup < 5.0  # reads a window of 4 blocks, not the file
     assert peak < 40 << 20, f"{peak / 2**20:.0f} MB traced for a {path.stat().st_size / 2**20:.0f} MB source"
+
+
+def test_micro_batches_group_a_steps_samples_by_source_and_keep_its_samples():
+    """Length-aware batching: images (1 frame) and videos (8) drawn 2:1; micro-batches of 4 out of a
+    step of 16 pad far less when a step's samples are grouped by source; the step's samples are the
+    same, and the same for 1 process accumulating 4 micro-batches as for 2 processes with 2 each."""
+    from crosslmm_cli.training_data.loader import StepSampler
+
+    def source_of(sample: int) -> int:
+        return int(np.random.default_rng(sample).random() < 1 / 3)  # 1: a video
+
+    frames = {0: 1, 1: 8}
+
+    def padded(sampler) -> int:
+        return sum(len(batch) * max(frames[source_of(s)] for s in batch) - sum(frames[source_of(s)] for s in batch)
+                   for batch in sampler)
+
+    plain = StepSampler(0, 50, 16, 4, 0, 1)
+    grouped = StepSampler(0, 50, 16, 4, 0, 1, source_of=source_of)
+    assert padded(grouped) < 0.5 * padded(plain), (padded(grouped), padded(plain))
+    one = list(grouped)
+    two = [StepSampler(0, 50, 16, 4, rank, 2, source_of=source_of) for rank in (0, 1)]
+    by_step = lambda batches, per_step: [sorted(s for b in batches[i:i + per_step] for s in b)  # noqa: E731
+                                         for i in range(0, len(batches), per_step)]
+    assert by_step(one, 4) == [list(range(16 * step, 16 * step + 16)) for step in range(50)]
+    merged = [sorted(a + b) for a, b in zip(by_step(list(two[0]), 2), by_step(list(two[1]), 2))]
+    assert merged == by_step(one, 4)
