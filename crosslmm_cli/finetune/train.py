@@ -21,6 +21,7 @@ from crosslmm.loading import save_partial_checkpoint
 
 from ..checkpoint_files import check_training_state, needs_code, read_config
 from ..errors import UserError
+from ..interrupts import remembered_interrupts
 from ..jsonl_files import append_row, read_rows
 from ..model_source import cache_home, is_checkpoint_dir, open_model, pick_device
 from .data import read_folder, video_missing
@@ -429,55 +430,58 @@ def finetune(settings: FinetuneSettings, report: Callable[[str], None] = lambda 
 
     began, window_samples, losses, step_samples = time.perf_counter(), 0, [], []
     bad_videos: dict[int, str] = {}  # line -> problem, for rows whose video a worker could not decode
-    for epoch in range(start_epoch, epochs):
-        if elastic:
-            batches = mixture.batches(step, total_steps)
-        else:
-            if hasattr(loader, "set_epoch"):
-                loader.set_epoch(epoch)
-            batches = accelerator.skip_first_batches(loader, skip) if skip else loader
-        seen = skip
-        skip = 0
-        for batch in batches:
+    with remembered_interrupts() as interrupts:  # a Ctrl-C dropped by a finaliser is raised at the next batch
+        for epoch in range(start_epoch, epochs):
             if elastic:
-                batch, samples = mixture.take(batch, report, accelerator.device)
-                step_samples += gather_object(samples)
+                batches = mixture.batches(step, total_steps)
             else:
-                take_problems(batch, bad_videos, settings.strict, report)
-            with accelerator.accumulate(model):
-                loss = model(**batch).loss
-                accelerator.backward(loss)
-                grad_norm = None
-                if accelerator.sync_gradients:
-                    # the optimizer's parameters: under FSDP they are the shards that replaced the model's
-                    grad_norm = accelerator.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], 1.0)
-                optimizer.step()
-                if accelerator.sync_gradients:
-                    scheduler.step()  # once per optimizer step, on any number of processes
-                optimizer.zero_grad()
-            seen += 1
-            losses.append(accelerator.gather(loss.detach()[None]).mean().item())
-            window_samples += len(batch["input_ids"]) * accelerator.num_processes
-            if not accelerator.sync_gradients:
-                continue
-            step += 1
-            elapsed = time.perf_counter() - began
-            row = {"step": step, "epoch": epoch, "loss": sum(losses) / len(losses), "lr": scheduler.get_last_lr()[0],
-                   "grad_norm": float(grad_norm) if grad_norm is not None else None,
-                   "samples_per_s": window_samples / elapsed if elapsed > 0 else 0.0}
-            losses, window_samples, began = [], 0, time.perf_counter()
-            if accelerator.is_main_process:
-                append_row(metrics_path, row)
+                if hasattr(loader, "set_epoch"):
+                    loader.set_epoch(epoch)
+                batches = accelerator.skip_first_batches(loader, skip) if skip else loader
+            seen = skip
+            skip = 0
+            for batch in batches:
+                interrupts.check()
                 if elastic:
-                    append_row(samples_path, {"step": step, "samples": [name for _, name in sorted(step_samples)]})
-            step_samples = []
-            tick(row)
-            if step % settings.save_every == 0 or step == total_steps:
-                save_state(accelerator, settings, launch, step, epoch, seen)
+                    batch, samples = mixture.take(batch, report, accelerator.device)
+                    step_samples += gather_object(samples)
+                else:
+                    take_problems(batch, bad_videos, settings.strict, report)
+                with accelerator.accumulate(model):
+                    loss = model(**batch).loss
+                    accelerator.backward(loss)
+                    grad_norm = None
+                    if accelerator.sync_gradients:
+                        # the optimizer's parameters: under FSDP they are the shards that replaced the model's
+                        trained_shards = [p for g in optimizer.param_groups for p in g["params"]]
+                        grad_norm = accelerator.clip_grad_norm_(trained_shards, 1.0)
+                    optimizer.step()
+                    if accelerator.sync_gradients:
+                        scheduler.step()  # once per optimizer step, on any number of processes
+                    optimizer.zero_grad()
+                seen += 1
+                losses.append(accelerator.gather(loss.detach()[None]).mean().item())
+                window_samples += len(batch["input_ids"]) * accelerator.num_processes
+                if not accelerator.sync_gradients:
+                    continue
+                step += 1
+                elapsed = time.perf_counter() - began
+                row = {"step": step, "epoch": epoch, "loss": sum(losses) / len(losses), "lr": scheduler.get_last_lr()[0],
+                       "grad_norm": float(grad_norm) if grad_norm is not None else None,
+                       "samples_per_s": window_samples / elapsed if elapsed > 0 else 0.0}
+                losses, window_samples, began = [], 0, time.perf_counter()
+                if accelerator.is_main_process:
+                    append_row(metrics_path, row)
+                    if elastic:
+                        append_row(samples_path, {"step": step, "samples": [name for _, name in sorted(step_samples)]})
+                step_samples = []
+                tick(row)
+                if step % settings.save_every == 0 or step == total_steps:
+                    save_state(accelerator, settings, launch, step, epoch, seen)
+                if step >= total_steps:
+                    break
             if step >= total_steps:
                 break
-        if step >= total_steps:
-            break
 
     accelerator.wait_for_everyone()
     if elastic:
