@@ -22,6 +22,7 @@ from ..errors import UserError
 from ..video import SamplingRequest, read_frames
 from .budget_lru import BudgetLru
 from .media import Media, MediaResolver, image_frames
+from .metrics import ServeMetrics
 from .prefix_cache import PrefixCache
 from .protocol import ApiError, ChatCompletionRequest
 from .settings import ServeSettings
@@ -67,6 +68,11 @@ class Job:
 
 
 @dataclass
+class Started:
+    """The worker took the job: a stream sends its first chunk now, not while the job waits."""
+
+
+@dataclass
 class Piece:
     index: int  # the choice
     text: str
@@ -85,16 +91,29 @@ class Failed:
 
 
 class Ticket:
-    """A place in the engine's bounded queue, given back once (when the job ends or is refused)."""
+    """A place in the engine's bounded queue, given back once (when the job ends or is refused);
+    it counts its request as waiting, then running (metrics)."""
 
     def __init__(self, engine: Engine):
-        self.engine, self.released = engine, False
+        self.engine, self.released, self.running = engine, False, False
+        self.admitted_at = time.perf_counter()
+        engine.metrics.waiting.inc()
+
+    def start(self) -> None:
+        with self.engine._lock:
+            if not self.released and not self.running:
+                self.running = True
+                self.engine.running += 1
+                self.engine.metrics.waiting.dec()
+                self.engine.metrics.running.inc()
 
     def release(self) -> None:
         with self.engine._lock:
             if not self.released:
                 self.released = True
                 self.engine.admitted -= 1
+                self.engine.running -= self.running
+                (self.engine.metrics.running if self.running else self.engine.metrics.waiting).dec()
 
 
 class Engine:
@@ -110,8 +129,10 @@ class Engine:
         self.max_prompt_tokens = min(settings.max_prompt_tokens or self.context, self.context)
         self._lock = threading.Lock()
         self._decode_locks = [threading.Lock() for _ in range(64)]  # one video is decoded by one request at a time
-        self.admitted = 0
-        self.seconds_per_job = 1.0  # running mean, for Retry-After
+        self.admitted = 0  # queued or running
+        self.running = 0
+        self.seconds_per_job = 1.0  # running mean of answered jobs, for Retry-After
+        self.metrics = ServeMetrics(self.name)
         self.stats = {"requests": 0, "video_cache_hits": 0, "video_cache_misses": 0, "videos_decoded": 0,
                       "videos_encoded": 0, "prompt_tokens": 0, "cached_prompt_tokens": 0, "completion_tokens": 0}
 
@@ -198,6 +219,9 @@ class Engine:
                     job.media.path.unlink(missing_ok=True)
             with self._lock:
                 self.stats["video_cache_hits" if job.video_cache_hit else "video_cache_misses"] += 1
+            self.metrics.video_queries.inc()
+            if job.video_cache_hit:
+                self.metrics.video_hits.inc()
             job.timings["decode_s"] = 0.0 if job.video_cache_hit else round(time.perf_counter() - began, 4)
             job.video_key, job.video = key, video
         job.inputs = self.processor.chat_inputs(job.messages, job.video.num_frames if job.video else None)
@@ -234,11 +258,14 @@ class Engine:
         self.worker.submit(self._run, job, emit)
 
     def _run(self, job: Job, emit) -> None:
-        began = time.perf_counter()
+        began, answered = time.perf_counter(), False
         try:
             if job.cancelled.is_set():
                 return
+            job._ticket.start()
+            emit(Started())
             memory = self._encoded(job)
+            last_piece = None
             answers, cached_tokens = [], 0
             for index in range(job.n):
                 sampling = job.sampling
@@ -246,12 +273,20 @@ class Engine:
                     sampling = replace(sampling, seed=sampling.seed + index)  # n samples, not n copies
                 cache, cached = self.prefixes.lookup(job.video_key, job.prompt_ids, job.video_end)
                 cached_tokens = cached_tokens if index else cached
+                self.metrics.prefix_queries.inc(len(job.prompt_ids))
+                self.metrics.prefix_hits.inc(cached)
                 stream = AnswerStream(self.model, self.processor, job.inputs, memory, sampling, prefix_cache=cache)
                 pieces = iter(stream)
                 try:
                     for piece in pieces:
                         if job.cancelled.is_set():
                             return
+                        now = time.perf_counter()
+                        if last_piece is None:
+                            self.metrics.first_token.observe(now - job._ticket.admitted_at)
+                        else:
+                            self.metrics.inter_token.observe(now - last_piece)
+                        last_piece = now
                         emit(Piece(index, piece))
                 finally:
                     pieces.close()  # stops generation when the client left
@@ -264,6 +299,11 @@ class Engine:
                 self.stats["prompt_tokens"] += prompt_tokens
                 self.stats["cached_prompt_tokens"] += cached_tokens
                 self.stats["completion_tokens"] += sum(tokens for _, _, tokens in answers)
+            self.metrics.prompt_tokens.inc(prompt_tokens)
+            self.metrics.generation_tokens.inc(sum(tokens for _, _, tokens in answers))
+            self.metrics.end_to_end.observe(time.perf_counter() - job._ticket.admitted_at)
+            self.metrics.finished([reason for _, reason, _ in answers])
+            answered = True
             emit(Finished(answers, prompt_tokens, cached_tokens))
         except ApiError as error:
             emit(Failed(error))
@@ -273,8 +313,9 @@ class Engine:
                                  type="server_error", code="internal_error")))
         finally:
             job._ticket.release()
-            with self._lock:
-                self.seconds_per_job = 0.8 * self.seconds_per_job + 0.2 * (time.perf_counter() - began)
+            if answered:  # a cancelled or failed job's near-zero time says nothing about the wait
+                with self._lock:
+                    self.seconds_per_job = 0.8 * self.seconds_per_job + 0.2 * (time.perf_counter() - began)
 
     def _encoded(self, job: Job) -> VisualMemory | None:
         video = job.video
@@ -291,10 +332,12 @@ class Engine:
 
     def health(self) -> dict:
         with self._lock:
-            stats = dict(self.stats)
+            stats, admitted, running = dict(self.stats), self.admitted, self.running
         looked_up = stats["video_cache_hits"] + stats["video_cache_misses"]
         return {
-            "status": "ok", "model": self.name, "queued_or_running": self.admitted, "max_queue": self.settings.max_queue,
+            "status": "ok", "model": self.name, "queued_or_running": admitted, "max_queue": self.settings.max_queue,
+            "running": running, "waiting": admitted - running,
+            "batch_size": 1,  # sequences generated together: one job at a time (issue 26: continuous batching)
             **stats,
             "video_cache_hit_rate": round(stats["video_cache_hits"] / looked_up, 4) if looked_up else None,
             "video_cache": {"entries": len(self.videos), "mb": round(self.videos.total_bytes / 2**20, 2),

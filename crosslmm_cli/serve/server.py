@@ -1,6 +1,6 @@
 """The HTTP side of `crosslmm serve` (FastAPI on uvicorn): OpenAI's ``POST /v1/chat/completions``
-(JSON or server-sent events), ``GET /v1/models`` and ``GET /health``; API-key checks, bounded
-request bodies, and every error as OpenAI-shaped JSON."""
+(JSON or server-sent events), ``GET /v1/models``, ``GET /health`` and ``GET /metrics`` (Prometheus);
+API-key checks, bounded request bodies, and every error as OpenAI-shaped JSON."""
 
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ import logging
 import time
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from .engine import Engine, Failed, Finished, Job, Piece
+from .engine import Engine, Failed, Finished, Job, Piece, Started
 from .protocol import ApiError, chunk, completion, completion_id, parse_request, usage
 
 log = logging.getLogger("crosslmm.serve")
@@ -53,6 +53,12 @@ def create_app(engine: Engine) -> FastAPI:
     @app.get("/health")
     async def health():
         return engine.health()
+
+    @app.get("/metrics")
+    async def metrics():
+        from prometheus_client import CONTENT_TYPE_LATEST
+
+        return Response(engine.metrics.text(), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/v1/models")
     async def models(request: Request):
@@ -97,7 +103,7 @@ def create_app(engine: Engine) -> FastAPI:
                     continue
                 if isinstance(event, Failed):
                     raise event.error
-                if isinstance(event, Finished):  # pieces are for streams; the answers come whole
+                if isinstance(event, Finished):  # pieces (and the start) are for streams; the answers come whole
                     answers = [(text, reason) for text, reason, _ in event.answers]
                     body = completion(completion_id(), engine.name, answers, usage_of(event), extension(job))
                     return JSONResponse(body, headers=headers)
@@ -111,11 +117,12 @@ def create_app(engine: Engine) -> FastAPI:
             return f"data: {json.dumps(payload)}\n\n"
 
         try:
-            for index in range(job.n):
-                yield sse(chunk(id, engine.name, created, index, {"role": "assistant", "content": ""}))
             while True:
                 event = await events.get()
-                if isinstance(event, Piece):
+                if isinstance(event, Started):  # the role goes out when generation starts, not while queued
+                    for index in range(job.n):
+                        yield sse(chunk(id, engine.name, created, index, {"role": "assistant", "content": ""}))
+                elif isinstance(event, Piece):
                     yield sse(chunk(id, engine.name, created, event.index, {"content": event.text}))
                 elif isinstance(event, Failed):  # headers are sent: the error goes in the stream
                     yield sse(event.error.body())

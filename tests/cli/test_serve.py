@@ -33,7 +33,7 @@ from crosslmm_cli.ask import MAX_SIDE, AskSettings, prepare_model
 from crosslmm_cli.serve.budget_lru import BudgetLru
 from crosslmm_cli.serve.engine import Engine
 from crosslmm_cli.serve.media import MediaResolver
-from crosslmm_cli.serve.protocol import ApiError
+from crosslmm_cli.serve.protocol import ApiError, parse_request
 from crosslmm_cli.serve.server import create_app
 from crosslmm_cli.serve.settings import ServeSettings
 from crosslmm_cli.synthetic_video import index_frames, write_video
@@ -290,6 +290,78 @@ def test_a_full_queue_answers_429_with_retry_after(server, client):
         for ticket in tickets:
             ticket.release()
     assert client.chat.completions.create(model="tiny", messages=ask_video("a.mp4", "Hi?"), max_tokens=2).choices
+
+
+def test_a_queued_stream_gets_its_first_chunk_when_its_generation_starts(server, media):
+    """The role chunk goes out when the worker takes the job, not while it waits: a stream queued
+    behind a long answer receives nothing until that answer is done (its tokens are counted)."""
+    url, engine, _ = server
+    alone = OpenAI(base_url=url + "/v1", api_key=KEY, max_retries=0, timeout=120)
+    before = engine.stats["completion_tokens"]
+
+    def long_answer():
+        return alone.chat.completions.create(model="tiny", messages=ask_video("a.mp4", "Tell a long story."),
+                                             max_tokens=400, extra_body={"video_sampling": {"frames": 2}})
+
+    with ThreadPoolExecutor(1) as pool:
+        first = pool.submit(long_answer)
+        deadline = time.monotonic() + 30
+        while engine.running == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        stream = alone.chat.completions.create(model="tiny", messages=ask_video("sub/b.mp4", "Who?"), max_tokens=2,
+                                               stream=True, extra_body={"video_sampling": {"frames": 2}})
+        chunks = iter(stream)
+        role = next(chunks)
+        done_when_role_came = engine.stats["completion_tokens"] - before
+        assert role.choices[0].delta.role == "assistant"
+        list(chunks)
+        answer = first.result()
+    assert answer.usage.completion_tokens >= 50  # long enough that a role sent at once would come mid-answer
+    assert done_when_role_came == answer.usage.completion_tokens
+
+
+def test_metrics_parse_as_prometheus_text_in_vllms_names(server, client):
+    """/metrics read with Prometheus' own text parser; its counters move as the client's usage says."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    url, engine, _ = server
+
+    def scrape() -> dict[str, float]:
+        with urllib.request.urlopen(url + "/metrics", timeout=10) as response:
+            assert response.headers["Content-Type"].startswith("text/plain")
+            text = response.read().decode()
+        return {sample.name: sample.value for family in text_string_to_metric_families(text)
+                for sample in family.samples if sample.name != "vllm:request_success_total"} | {
+            "answered": sum(sample.value for family in text_string_to_metric_families(text)
+                            for sample in family.samples if sample.name == "vllm:request_success_total")}
+
+    messages = ask_video("a.mp4", "What?")
+    client.chat.completions.create(model="tiny", messages=messages, max_tokens=3)
+    before = scrape()
+    answer = client.chat.completions.create(model="tiny", messages=messages, max_tokens=3)  # the prefix is cached now
+    after = scrape()
+    moved = {name: after[name] - before.get(name, 0.0) for name in after}
+    assert moved["vllm:prompt_tokens_total"] == moved["vllm:prefix_cache_queries_total"] == answer.usage.prompt_tokens
+    assert moved["vllm:prefix_cache_hits_total"] == answer.usage.prompt_tokens_details.cached_tokens > 0
+    assert moved["vllm:generation_tokens_total"] == answer.usage.completion_tokens
+    assert moved["vllm:time_to_first_token_seconds_count"] == moved["vllm:e2e_request_latency_seconds_count"] == 1
+    assert moved["answered"] == 1 and moved["crosslmm:video_cache_hits_total"] == 1
+    assert after["vllm:num_requests_running"] == 0 and after["vllm:num_requests_waiting"] == 0
+    assert {"running", "waiting", "batch_size"} <= set(engine.health())
+
+
+def test_retry_after_counts_only_answered_jobs(server):
+    """A cancelled job ends in a moment; it must not pull the estimate of the wait towards zero."""
+    _, engine, _ = server
+    before = engine.seconds_per_job
+    job = engine.plan(parse_request({"model": "tiny", "messages": ask_video("a.mp4", "Hi?"), "max_tokens": 2}))
+    engine.load(job)
+    job.cancelled.set()
+    done = threading.Event()
+    engine.submit(job, engine.admit(), lambda event: None)
+    engine.worker.submit(done.set)
+    assert done.wait(30)
+    assert engine.seconds_per_job == before
 
 
 # ---- refusals -------------------------------------------------------------------------------------
