@@ -14,8 +14,9 @@ class BudgetLru(Generic[V]):
     """Values sized by ``size_of``; adding or growing one evicts the least recently used others until
     the total fits ``budget_bytes``. A value larger than the whole budget is not kept."""
 
-    def __init__(self, budget_bytes: int, size_of: Callable[[V], int]):
-        self.budget_bytes, self.size_of = budget_bytes, size_of
+    def __init__(self, budget_bytes: int, size_of: Callable[[V], int],
+                 on_evict: Callable[[Hashable, V], None] | None = None):
+        self.budget_bytes, self.size_of, self.on_evict = budget_bytes, size_of, on_evict
         self._items: OrderedDict[Hashable, tuple[V, int]] = OrderedDict()
         self._lock = threading.Lock()
         self.total_bytes = 0
@@ -39,9 +40,11 @@ class BudgetLru(Generic[V]):
             self._items[key] = (value, size)
             self.total_bytes += size
             while self.total_bytes > self.budget_bytes:
-                _, (_, evicted) = self._items.popitem(last=False)
+                old_key, (old_value, evicted) = self._items.popitem(last=False)
                 self.total_bytes -= evicted
                 self.evictions += 1
+                if self.on_evict is not None:
+                    self.on_evict(old_key, old_value)
 
     def pop(self, key: Hashable) -> None:
         with self._lock:
@@ -52,6 +55,10 @@ class BudgetLru(Generic[V]):
         """A snapshot, least recently used first."""
         with self._lock:
             return iter([(key, value) for key, (value, _) in self._items.items()])
+
+    def __contains__(self, key: Hashable) -> bool:
+        with self._lock:
+            return key in self._items
 
     def __len__(self) -> int:
         return len(self._items)

@@ -481,6 +481,55 @@ def test_remote_media_are_fetched_only_when_allowed_and_within_the_size_bound(me
         httpd.shutdown()
 
 
+def test_the_prefix_cache_index_finds_what_a_scan_of_every_entry_finds():
+    """The block-hash index against the obvious reference: compare the prompt with every entry of
+    its video and take the longest common prefix (of at least one block, leaving a token to compute)."""
+    import torch
+    from transformers import DynamicCache
+
+    from crosslmm_cli.serve.prefix_cache import BLOCK, PrefixCache, common_length
+
+    rng = np.random.default_rng(0)
+
+    def kv(length: int):
+        cache = DynamicCache()
+        cache.update(torch.zeros(1, 1, length, 2), torch.zeros(1, 1, length, 2), 0)
+        return cache
+
+    stems = [rng.integers(0, 50, 40) for _ in range(4)]
+
+    def prompt() -> np.ndarray:
+        stem = stems[rng.integers(len(stems))][: rng.integers(0, 41)]
+        return np.concatenate([stem, rng.integers(0, 50, rng.integers(1, 30))])
+
+    cache, stored = PrefixCache(budget_bytes=1 << 30), {"v": [], "w": []}
+    for _ in range(300):
+        video, ids = ("v", "w")[rng.integers(2)], prompt()
+        cache.store(video, ids.tolist(), kv(len(ids)))
+        stored[video] = [old for old in stored[video] if common_length(old, ids) != len(old)] + (
+            [ids] if len(ids) >= BLOCK else [])
+    assert len(cache) == len(stored["v"]) + len(stored["w"])
+    for _ in range(300):
+        video, ids = ("v", "w")[rng.integers(2)], prompt()
+        expected = max([min(common_length(old, ids), len(ids) - 1) for old in stored[video]], default=0)
+        expected = expected if expected >= BLOCK else 0
+        found, length = cache.lookup(video, ids.tolist(), 1)
+        assert length == expected
+        assert found is None if expected == 0 else found.get_seq_length() == length
+    # a budget of a few entries: evicted entries leave the index, and lookups see what is kept
+    small = PrefixCache(budget_bytes=16 * 40 * 2 * 4 * 8)
+    for _ in range(200):
+        ids = prompt()
+        small.store("v", ids.tolist(), kv(len(ids)))
+    kept = [prefix.ids for _, prefix in small._entries.items()]
+    assert 0 < len(kept) < 100 and small._entries.evictions > 0
+    assert {key for keys in small._index.values() for key in keys} == {key for key, _ in small._entries.items()}
+    for _ in range(100):
+        ids = prompt()
+        expected = max([min(common_length(old, ids), len(ids) - 1) for old in kept], default=0)
+        assert small.lookup("v", ids.tolist(), 1)[1] == (expected if expected >= BLOCK else 0)
+
+
 def test_the_lru_keeps_within_its_budget_and_evicts_the_least_recently_used():
     cache = BudgetLru(10, len)
     cache.put("a", "xxxx")
