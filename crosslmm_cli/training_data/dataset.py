@@ -5,7 +5,7 @@ keep their aspect-aware downscale as frames do), render and tokenise the convers
 A sample that cannot be used (media that do not decode, a malformed row, a missing file) is skipped:
 the next position of the same source's stream stands in for it, so the order stays a function of the
 data alone and every process gets full batches. What was skipped travels with the batch, as
-(source, shard, key, what is wrong), for the training process to count and report."""
+(source, "<shard>/<key>", what is wrong), for the training process to count and report."""
 
 from __future__ import annotations
 
@@ -40,7 +40,10 @@ class MixtureDataset(torch.utils.data.Dataset):
             with tempfile.NamedTemporaryFile(suffix="-" + media.name) as file:
                 file.write(media.data)
                 file.flush()
-                _, sampled = read_frames(file.name, request)
+                try:
+                    _, sampled = read_frames(file.name, request)
+                except UserError as error:  # named as the shard names it, not by the temporary file
+                    raise ValueError(str(error).replace(file.name, media.name)) from None
         return self.processor.preprocess_frames(sampled.pixels)
 
     def __getitem__(self, sample: int) -> dict:
