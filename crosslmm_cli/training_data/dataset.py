@@ -47,7 +47,14 @@ class MixtureDataset(torch.utils.data.Dataset):
         return self.processor.preprocess_frames(sampled.pixels)
 
     def __getitem__(self, sample: int) -> dict:
-        source, position = self.order.source_position(sample)
+        item = self.from_stream(*self.order.source_position(sample))
+        if "name" in item:
+            item["sample"] = (sample, item.pop("name"))
+        return item
+
+    def from_stream(self, source: int, position: int) -> dict:
+        """The first usable sample of ``source``'s stream from ``position`` on, with the unusable ones
+        before it in ``problems``; ``{"pixels": None, "problems"}`` after GIVE_UP_AFTER in a row."""
         problems = []
         for attempt in range(GIVE_UP_AFTER):
             shard, row = self.order.locate(source, position + attempt)
@@ -66,6 +73,5 @@ class MixtureDataset(torch.utils.data.Dataset):
                 continue
             ids, labels = tokenize_conversation(self.processor, messages, len(pixels))
             return {"input_ids": torch.tensor(ids), "labels": torch.tensor(labels), "pixels": pixels,
-                    "sample": (sample, f"{source}:{key}"), "problems": problems}
+                    "name": f"{source}:{key}", "problems": problems}
         return {"pixels": None, "problems": problems}
-

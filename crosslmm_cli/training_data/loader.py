@@ -18,7 +18,7 @@ import torch
 from ..errors import UserError
 from ..finetune.data import collate
 from ..finetune.loader import decoding_worker
-from .dataset import GIVE_UP_AFTER, UNUSABLE, MixtureDataset
+from .dataset import GIVE_UP_AFTER, MixtureDataset
 from .order import SampleOrder
 from .sources import AnnotationRows, Source, open_source
 
@@ -64,20 +64,13 @@ def make_mixture_loader(dataset: MixtureDataset, sampler: StepSampler, pad_token
 
 def check_sources(dataset: MixtureDataset) -> None:
     """Before step 1: each source yields a usable sample (its first, or one of the next few of its
-    stream); :class:`UserError` naming the source otherwise."""
+    stream), read as training reads it; :class:`UserError` naming the source otherwise."""
     for number, source in enumerate(dataset.order.sources):
-        problems = []
-        for position in range(GIVE_UP_AFTER):
-            shard, row = dataset.order.locate(number, position)
-            try:
-                record = source.read(shard, row)
-                dataset.frames_of(record.media[0], 1)
-                break
-            except (*UNUSABLE, IndexError) as error:  # IndexError: a sample without media
-                problems.append(f"{source.shard_name(shard)}/row {row}: {error}")
-        else:
+        item = dataset.from_stream(number, 0)
+        if item["pixels"] is None:
+            _, key, what = item["problems"][0]
             raise UserError(f"source {number} ({source.spec}): none of its first {GIVE_UP_AFTER} samples could be "
-                            f"read (first: {problems[0]}); fix the data or remove the source from the recipe")
+                            f"read (first: {key}: {what}); fix the data or remove the source from the recipe")
 
 
 class Skips:
