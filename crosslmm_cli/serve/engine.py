@@ -92,20 +92,17 @@ class Failed:
 
 class Ticket:
     """A place in the engine's bounded queue, given back once (when the job ends or is refused);
-    it counts its request as waiting, then running (metrics)."""
+    its request counts as waiting until the worker starts it, then as running."""
 
     def __init__(self, engine: Engine):
         self.engine, self.released, self.running = engine, False, False
         self.admitted_at = time.perf_counter()
-        engine.metrics.waiting.inc()
 
     def start(self) -> None:
         with self.engine._lock:
             if not self.released and not self.running:
                 self.running = True
                 self.engine.running += 1
-                self.engine.metrics.waiting.dec()
-                self.engine.metrics.running.inc()
 
     def release(self) -> None:
         with self.engine._lock:
@@ -113,7 +110,6 @@ class Ticket:
                 self.released = True
                 self.engine.admitted -= 1
                 self.engine.running -= self.running
-                (self.engine.metrics.running if self.running else self.engine.metrics.waiting).dec()
 
 
 class Engine:
@@ -133,6 +129,8 @@ class Engine:
         self.running = 0
         self.seconds_per_job = 1.0  # running mean of answered jobs, for Retry-After
         self.metrics = ServeMetrics(self.name)
+        self.metrics.running.set_function(lambda: self.running)  # read when scraped, from the queue's counts
+        self.metrics.waiting.set_function(lambda: self.admitted - self.running)
         self.stats = {"requests": 0, "video_cache_hits": 0, "video_cache_misses": 0, "videos_decoded": 0,
                       "videos_encoded": 0, "prompt_tokens": 0, "cached_prompt_tokens": 0, "completion_tokens": 0}
 
