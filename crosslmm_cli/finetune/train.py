@@ -364,7 +364,7 @@ def finetune(settings: FinetuneSettings, report: Callable[[str], None] = lambda 
     if resumed_state is not None:
         check_training_state(last_checkpoint)
     if elastic:
-        from crosslmm_cli.training_data.loader import open_sources
+        from crosslmm_cli.training_data.loader import Mixture, open_sources  # (it imports this module)
 
         sources = open_sources(settings.sources, settings.folder, settings.output)
     else:
@@ -394,8 +394,6 @@ def finetune(settings: FinetuneSettings, report: Callable[[str], None] = lambda 
     trained_parameters = sum(p.numel() for g in groups for p in g["params"])
 
     if elastic:
-        from crosslmm_cli.training_data.loader import Mixture
-
         mixture = Mixture(sources, [s["weight"] for s in settings.sources], processor, settings, workers, on_cuda,
                           accelerator.process_index, accelerator.num_processes)
         mixture.check()  # every source yields a sample, before step 1

@@ -31,7 +31,9 @@ KEPT_INDEXES = 64  # shard indexes each process keeps
 
 
 class LRU(OrderedDict):
-    """A bounded cache: ``get(key, make)`` returns the kept value or makes (and keeps) it."""
+    """A cache of at most ``size`` values: ``get_or_make(key, make)`` returns the kept value or makes
+    (and keeps) it. Plain data without a lock, so that a dataset holding it pickles into spawned
+    loader workers (crosslmm_cli.serve.budget_lru is the server's byte-bounded, thread-safe one)."""
 
     def __init__(self, size: int):
         super().__init__()
