@@ -206,6 +206,7 @@ def serve(
     device: Annotated[Optional[str], typer.Option(help="cuda, cuda:N or cpu (default: cuda when present)")] = None,
     max_tokens: Annotated[int, typer.Option(help="answer length when a request gives no max_tokens")] = 512,
     max_queue: Annotated[int, typer.Option(help="requests queued or running before 429 Retry-After")] = 32,
+    max_batch_size: Annotated[int, typer.Option(help="answers generated together (continuous batching)")] = 16,
     video_cache_mb: Annotated[float, typer.Option(help="memory for encoded videos (least recently used evicted)")] = 4096,
     prefix_cache_mb: Annotated[float, typer.Option(help="memory for reused prompt keys/values")] = 2048,
     max_request_mb: Annotated[float, typer.Option(help="largest request body")] = 32,
@@ -221,7 +222,7 @@ def serve(
     settings = ServeSettings(model=model, media_root=media_root, host=host, port=port, api_key=api_key,
                              served_model_name=served_model_name, allow_remote_media=allow_remote_media, frames=frames,
                              tokens_per_frame=tokens_per_frame, quantize=quantize, device=device, max_tokens=max_tokens,
-                             max_queue=max_queue, video_cache_mb=video_cache_mb, prefix_cache_mb=prefix_cache_mb,
+                             max_queue=max_queue, max_batch_size=max_batch_size, video_cache_mb=video_cache_mb, prefix_cache_mb=prefix_cache_mb,
                              max_request_mb=max_request_mb, max_prompt_tokens=max_prompt_tokens)
     settings.check_port_free()
     if not settings.loopback and settings.api_key is None:
@@ -253,6 +254,7 @@ def evaluate(
     parser: Annotated[str, typer.Option(help="answer extraction: lmms-eval (current) | official (Video-MME's own)")] = "lmms-eval",
     responses: Annotated[Optional[Path], typer.Option(readable=False, help="score this samples file (ours or lmms-eval's), or a folder of them, instead of running a model")] = None,
     max_new_tokens: Annotated[Optional[int], typer.Option(help="override the benchmark's answer length")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="questions answered together (default: 8 on CPU, 16 on CUDA)")] = None,
     reasoning_tags: Annotated[Optional[str], typer.Option(
         help='reasoning blocks cut before scoring, as lmms-eval\'s --reasoning_tags: a JSON list of [start, end] '
              'pairs, or none (default: [["<think>","</think>"],["<analysis>","</analysis>"]])')] = None,
@@ -270,7 +272,7 @@ def evaluate(
                             tokens_per_frame=tokens_per_frame, quantize=quantize, device=device, limit=limit,
                             parser=parser, responses=responses, max_new_tokens=max_new_tokens,
                             reasoning_tags=parse_reasoning_tags(reasoning_tags),
-                            subtitles_on_found_video=subtitles_on_found_video)
+                            subtitles_on_found_video=subtitles_on_found_video, batch_size=batch_size)
     writable_folder(output, "--output")
     quiet_libraries()
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),

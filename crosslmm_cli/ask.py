@@ -98,17 +98,12 @@ class VideoChat:
 
     def ask(self, question: str, on_piece: Callable[[str], None] | None = None) -> Answer:
         """Answer ``question`` in the context of the conversation so far; pieces go to ``on_piece``."""
-        content = [{"type": "text", "text": question}]
-        if not any(m["role"] == "user" for m in self.messages):  # the video belongs to the first question
-            prefix = time_instruction(self.info, self.frames) if self.settings.time_instruction else ""
-            content = [{"type": "video"}, {"type": "text", "text": prefix + question}]
-        self.messages.append({"role": "user", "content": content})
-        inputs = self._inputs()
-        context = self.model.config.text_config.max_position_embeddings
-        if inputs["input_ids"].shape[1] > context:
+        self.messages.append(self._user_message(question))
+        try:
+            inputs = self._within_context(self._inputs())
+        except UserError:
             self.messages.pop()
-            raise UserError(f"the question with the video and the conversation so far is {inputs['input_ids'].shape[1]:,} "
-                            f"tokens; the model reads at most {context:,}: shorten the question or sample fewer --frames")
+            raise
         pieces: list[str] = []
         began = time.perf_counter()
         stream = AnswerStream(self.model, self.processor, inputs, self.memory, self.settings.sampling)
@@ -134,6 +129,29 @@ class VideoChat:
             return self.ask(question)
         finally:
             self.messages = conversation
+
+    def first_question_inputs(self, question: str) -> dict[str, torch.Tensor]:
+        """The model inputs of ``question`` asked as the first question about the video, outside the
+        conversation (what :meth:`ask_alone` answers; batched evaluation answers many of them together)."""
+        system = [m for m in self.messages if m["role"] == "system"]
+        messages = system + [self._user_message(question, first=True)]
+        return self._within_context(self.processor.chat_inputs(messages, len(self.frames.timestamps)))
+
+    def _within_context(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        context = self.model.config.text_config.max_position_embeddings
+        if inputs["input_ids"].shape[1] > context:
+            raise UserError(f"the question with the video and the conversation so far is {inputs['input_ids'].shape[1]:,} "
+                            f"tokens; the model reads at most {context:,}: shorten the question or sample fewer --frames")
+        return inputs
+
+    def _user_message(self, question: str, first: bool | None = None) -> dict:
+        if first is None:
+            first = not any(m["role"] == "user" for m in self.messages)
+        content = [{"type": "text", "text": question}]
+        if first:  # the video belongs to the first question
+            prefix = time_instruction(self.info, self.frames) if self.settings.time_instruction else ""
+            content = [{"type": "video"}, {"type": "text", "text": prefix + question}]
+        return {"role": "user", "content": content}
 
     def _inputs(self) -> dict[str, torch.Tensor]:
         return self.processor.chat_inputs(self.messages, len(self.frames.timestamps))

@@ -93,7 +93,8 @@ class VisualMemory:
     num_frames: torch.Tensor  # (B,) long
     cache_kv: bool = False
     t2v_kv: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
-    _per_video: tuple[torch.Tensor, torch.Tensor | None] | None = field(default=None, repr=False)
+    _per_video: torch.Tensor | None = field(default=None, repr=False)
+    _mask: tuple[torch.Tensor | None] | None = field(default=None, repr=False)
 
     @property
     def batch_size(self) -> int:
@@ -107,30 +108,66 @@ class VisualMemory:
         return VisualMemory(pooled=self.pooled[order], originals=self.originals[order],
                             num_frames=self.num_frames.repeat_interleave(times), cache_kv=self.cache_kv)
 
+    @classmethod
+    def stack(cls, memories: list["VisualMemory | None"]) -> "VisualMemory":
+        """One batch memory from single-sample ones (None: a sample without video), in order, their
+        cached T2V keys/values padded to the longest video along the memory axis and stacked; padding
+        is masked by :meth:`memory_mask`. Every sample reads only its own video."""
+        present = [memory for memory in memories if memory is not None]
+        first = present[0]
+        empty = {"pooled": first.pooled[:0], "originals": first.originals[:0]}
+        parts = [memory or VisualMemory(**empty, num_frames=first.num_frames.new_zeros(1)) for memory in memories]
+        layers = set(first.t2v_kv) if all(set(m.t2v_kv) == set(first.t2v_kv) for m in present) else set()
+        longest = max(int(m.num_frames.sum()) for m in parts) * first.originals.shape[1]
+        t2v_kv = {}
+        for layer in layers:
+            key, _ = first.t2v_kv[layer]
+            blank = key.new_zeros(1, key.shape[1], 0, key.shape[3])
+            pairs = [m.t2v_kv.get(layer, (blank, blank)) for m in parts]
+            t2v_kv[layer] = tuple(torch.cat([F.pad(t, (0, 0, 0, longest - t.shape[2])) for t in tensors])
+                                  for tensors in zip(*pairs))
+        return cls(pooled=torch.cat([m.pooled for m in parts]), originals=torch.cat([m.originals for m in parts]),
+                   num_frames=torch.cat([m.num_frames for m in parts]), cache_kv=True, t2v_kv=t2v_kv)
+
     def __post_init__(self):
         # made here, where the memory is made, not at a layer's first use: inside a checkpointed
-        # decoder layer, the recomputation would find it made and save fewer tensors than the forward
-        self.per_video()
+        # decoder layer, the recomputation would find it made and save fewer tensors than the forward.
+        # A memory built with its T2V keys/values (a decoding batch, see stack) needs the mask only.
+        if not self.t2v_kv:
+            self.per_video()
+
+    def memory_mask(self) -> torch.Tensor | None:
+        """(B, M) bool: which of the padded per-sample memory positions are real tokens (None when
+        every sample has the same number of frames)."""
+        if self._mask is None:
+            counts = self.num_frames.tolist()
+            if len(set(counts)) > 1:
+                tokens, longest = self.originals.shape[1], max(counts)
+                frame_mask = torch.arange(longest, device=self.num_frames.device)[None] < self.num_frames[:, None]
+                mask = frame_mask[:, :, None].expand(-1, -1, tokens).reshape(len(counts), longest * tokens)
+                # a sample without frames would attend to nothing (NaN); let it see one zero token,
+                # its text mask keeps the result out of the residual stream
+                mask[self.num_frames == 0, 0] = True
+                self._mask = (mask,)
+            else:
+                self._mask = (None,)
+        return self._mask[0]
 
     def per_video(self) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """All original tokens of each sample: (B, M, D) padded to the longest video, and a (B, M)
-        bool mask of real tokens (None when every sample has the same number of frames)."""
+        """All original tokens of each sample: (B, M, D) padded to the longest video, and
+        :meth:`memory_mask`."""
         if self._per_video is None:
             frames, tokens, width = self.originals.shape
             counts = self.num_frames.tolist()
             if len(set(counts)) == 1:
-                self._per_video = (self.originals.reshape(len(counts), counts[0] * tokens, width), None)
+                self._per_video = self.originals.reshape(len(counts), counts[0] * tokens, width)
             else:
                 longest = max(counts)
                 padded = self.originals.new_zeros(len(counts), longest, tokens, width)
                 frame_mask = torch.arange(longest, device=self.num_frames.device)[None] < self.num_frames[:, None]
                 padded[frame_mask] = self.originals
-                mask = frame_mask[:, :, None].expand(-1, -1, tokens).reshape(len(counts), longest * tokens)
-                # a sample without frames would attend to nothing (NaN); let it see one zero token,
-                # its text mask keeps the result out of the residual stream
-                mask[self.num_frames == 0, 0] = True
-                self._per_video = (padded.view(len(counts), longest * tokens, width), mask)
-        return self._per_video
+                self._per_video = padded.view(len(counts), longest * tokens, width)
+        return self._per_video, self.memory_mask()
 
 
 @dataclass
@@ -154,7 +191,7 @@ class CrossAttentionInputs:
 
     def with_originals(self, originals: torch.Tensor) -> "CrossAttentionInputs":
         """The same inputs reading ``originals`` (a tensor standing in for the memory's own)."""
-        return replace(self, memory=replace(self.memory, originals=originals, t2v_kv={}, _per_video=None))
+        return replace(self, memory=replace(self.memory, originals=originals, t2v_kv={}, _per_video=None, _mask=None))
 
 
 class DualCrossAttention(nn.Module):
@@ -209,11 +246,11 @@ class DualCrossAttention(nn.Module):
         """The T2V update (B, L, D): only text positions query the memory (at prefill most
         positions are visual; while decoding every position is text)."""
         memory = inputs.memory
-        videos, mask = memory.per_video()
+        mask = memory.memory_mask()
         if memory.cache_kv and self.layer_idx in memory.t2v_kv:
             key, value = memory.t2v_kv[self.layer_idx]
         else:
-            key, value = self.t2v.project_memory(videos)  # (B, kvh, M, hd)
+            key, value = self.t2v.project_memory(memory.per_video()[0])  # (B, kvh, M, hd)
             if memory.cache_kv:
                 memory.t2v_kv[self.layer_idx] = (key, value)
         if inputs.all_text:

@@ -82,30 +82,74 @@ class _Cancelled(StoppingCriteria):
         return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
 
 
+class TextPieces:
+    """Token ids to text as they come: each call returns the text the new ids add. Byte-level BPE
+    decodes prefix-stably, so only half a UTF-8 character is held back."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer, self.ids, self.printed = tokenizer, [], 0
+
+    def add(self, ids: list[int]) -> str:
+        self.ids.extend(ids)
+        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+        if text.endswith("\ufffd"):
+            return ""
+        piece, self.printed = text[self.printed:], len(text)
+        return piece
+
+    def flush(self) -> str:
+        """What is held back (half a character, shown as U+FFFD), once no more ids come."""
+        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+        piece, self.printed = text[self.printed:], len(text)
+        return piece
+
+
+class StopCut:
+    """Text pieces in, text safe to show out: a stop string and what follows it are cut, and the
+    last characters that could begin one are held back until they cannot."""
+
+    def __init__(self, stops: Sequence[str]):
+        self.stops, self.pending = tuple(stops), ""
+        self.hold = max((len(s) for s in self.stops), default=1) - 1
+
+    def feed(self, piece: str) -> tuple[str, bool]:
+        """(text ready to show, whether a stop string ended the answer; then :meth:`rest` holds the
+        text before it)."""
+        self.pending += piece
+        found = [self.pending.find(stop) for stop in self.stops if stop in self.pending]
+        if found:
+            self.pending = self.pending[:min(found)]
+            return "", True
+        split = len(self.pending) - self.hold
+        ready, self.pending = self.pending[:split], self.pending[split:]
+        return ready, False
+
+    def rest(self) -> str:
+        """What is held back, once the answer has ended."""
+        rest, self.pending = self.pending, ""
+        return rest
+
+
 class _TokenStreamer(TextIteratorStreamer):
     """transformers' iterator streamer, releasing text after every token rather than every word
-    (byte-level BPE decodes prefix-stably; only half a UTF-8 character is held back), and noting
-    when the first new token arrived."""
+    (:class:`TextPieces`), and noting when the first new token arrived."""
 
     first_token_at: float | None = None
 
     def put(self, value: torch.Tensor) -> None:
         if self.skip_prompt and self.next_tokens_are_prompt:
             self.next_tokens_are_prompt = False
+            self.pieces = TextPieces(self.tokenizer)
             return
         if self.first_token_at is None:
             self.first_token_at = time.perf_counter()
-        self.token_cache.extend(value.reshape(-1).tolist())
-        text = self.tokenizer.decode(self.token_cache, **self.decode_kwargs)
-        if not text.endswith("\ufffd"):
-            self.on_finalized_text(text[self.print_len:])
-            self.print_len = len(text)
+        piece = self.pieces.add(value.reshape(-1).tolist())
+        if piece:
+            self.on_finalized_text(piece)
 
-
-def _cut_at_stop(text: str, stops: Sequence[str]) -> int | None:
-    """Where the first stop string in ``text`` begins, or None."""
-    found = [text.find(stop) for stop in stops if stop in text]
-    return min(found) if found else None
+    def end(self) -> None:
+        pieces = getattr(self, "pieces", None)
+        self.on_finalized_text(pieces.flush() if pieces else "", stream_end=True)
 
 
 class AnswerStream:
@@ -167,23 +211,19 @@ class AnswerStream:
 
         worker = threading.Thread(target=run, name="crosslmm-generate", daemon=True)
         worker.start()
-        stops, hold = self.settings.stop, max((len(s) for s in self.settings.stop), default=1) - 1
-        pending, emitted, stopped = "", [], False
+        stops, emitted, stopped = StopCut(self.settings.stop), [], False
         try:
             for piece in streamer:
-                pending += piece
-                cut = _cut_at_stop(pending, stops)
-                if cut is not None:
-                    pending, stopped = pending[:cut], True
-                    break
-                split = len(pending) - hold  # a stop string may begin in the last `hold` characters
-                ready, pending = pending[:split], pending[split:]
+                ready, stopped = stops.feed(piece)
                 if ready:
                     emitted.append(ready)
                     yield ready
-            if pending:
-                emitted.append(pending)
-                yield pending
+                if stopped:
+                    break
+            rest = stops.rest()
+            if rest:
+                emitted.append(rest)
+                yield rest
         finally:
             cancel.set()
             worker.join()

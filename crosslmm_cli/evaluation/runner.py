@@ -17,7 +17,8 @@ import json
 import os
 import random
 import statistics
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,6 +48,7 @@ class EvalSettings:
     # reasoning blocks cut before scoring, lmms-eval's default; None scores the stripped text as it is
     reasoning_tags: list[list[str]] | None = field(default_factory=lambda: DEFAULT_REASONING_TAGS)
     subtitles_on_found_video: bool = False  # videomme_w_subtitle: time subtitles on an .mkv too (lmms-eval does not)
+    batch_size: int | None = None  # questions answered together; default_batch_size(device) when None
 
     def __post_init__(self):
         if self.task not in TASKS:
@@ -57,6 +59,8 @@ class EvalSettings:
             raise UserError(f"--data-dir {self.data_dir} is not a folder; point it at the benchmark's files")
         if self.limit is not None and self.limit < 1:
             raise UserError(f"--limit must be >= 1, got {self.limit}")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise UserError(f"--batch-size must be >= 1, got {self.batch_size}")
         if self.responses is not None and not self.responses.exists():
             raise UserError(f"--responses {self.responses}: no such file or folder")
 
@@ -136,36 +140,55 @@ def sample_record(task: Task, doc: Doc, prompt: str, response: str, settings: Ev
     }
 
 
+def default_batch_size(device: str) -> int:
+    """Questions answered together when --batch-size is not given: 8 on the CPU (measured, see
+    benchmarks/eval_batching.py), 16 on a GPU."""
+    return 16 if device.startswith("cuda") else 8
+
+
 def run_model(settings: EvalSettings, task: Task, docs: list[Doc], path: Path,
               on_sample: Callable[[], None] = lambda: None) -> dict:
-    """Answer ``docs``, appending each sample to ``path`` as it finishes; efficiency figures of the run."""
+    """Answer ``docs`` (``batch_size`` at a time, continuously batched), appending each sample to
+    ``path`` as it finishes; efficiency figures of the run. The next video is decoded while the
+    current questions are answered."""
+    from crosslmm.batched_generation import ContinuousBatch, Sequence, generate_all
+
     from ..ask import AskSettings, VideoChat, prepare_model
-    from ..video import read_frames
+    from ..model_source import pick_device
 
     if not docs:
         return {}
     ask_settings = AskSettings(model=settings.model, frames=settings.frames, tokens_per_frame=settings.tokens_per_frame,
                                quantize=settings.quantize, device=settings.device,
                                max_new_tokens=settings.max_new_tokens or task.max_new_tokens)
+    batch_size = settings.batch_size or default_batch_size(pick_device(settings.device))
     model, processor, quantize = prepare_model(ask_settings)
-    prefill_seconds, decode_seconds = [], []
-    for group in by_video(docs):
-        try:
-            info, frames = read_frames(group[0].video, ask_settings.request)
-        except UserError as error:
-            for doc in group:  # recorded, counted, reported; the run goes on
-                append_row(path, {"doc_id": doc.doc_id, "task": doc.task, "doc": doc.data, "missing_video": str(doc.video),
-                                  "error": str(error)})
-                on_sample()
-            continue
-        decode_seconds.append(frames.seconds)
-        session = VideoChat(model, processor, info, frames, ask_settings, quantize)
-        for doc in group:
-            prompt = task.prompt(doc)
-            answer = session.ask_alone(prompt)
-            prefill_seconds.append(answer.time_to_first_token)
-            append_row(path, sample_record(task, doc, prompt, answer.text, settings))
-            on_sample()
+    batch = ContinuousBatch(model, processor.tokenizer, max_batch_size=batch_size)
+    decode_seconds = []
+
+    def questions() -> Iterator[Sequence]:
+        """Each question as it is about to join the batch; a video that does not decode is recorded."""
+        for group, (info, frames, error) in zip(groups, read_ahead(groups, ask_settings)):
+            if error is not None:
+                for doc in group:  # recorded, counted, reported; the run goes on
+                    append_row(path, {"doc_id": doc.doc_id, "task": doc.task, "doc": doc.data,
+                                      "missing_video": str(doc.video), "error": str(error)})
+                    on_sample()
+                continue
+            decode_seconds.append(frames.seconds)
+            session = VideoChat(model, processor, info, frames, ask_settings, quantize)
+            for doc in group:
+                prompt = task.prompt(doc)
+                inputs = session.first_question_inputs(prompt)
+                yield Sequence(inputs["input_ids"], session.memory, ask_settings.sampling, tag=(doc, prompt))
+
+    groups = by_video(docs)
+    prefill_seconds = []
+    for sequence in generate_all(batch, questions()):
+        doc, prompt = sequence.tag
+        prefill_seconds.append(sequence.first_token_at - sequence.prefill_began_at)
+        append_row(path, sample_record(task, doc, prompt, sequence.text, settings))
+        on_sample()
     device = model.device
     return {
         "mean_prefill_s": round(statistics.fmean(prefill_seconds), 4) if prefill_seconds else None,
@@ -173,8 +196,28 @@ def run_model(settings: EvalSettings, task: Task, docs: list[Doc], path: Path,
         "peak_gpu_memory_mb": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None,
         "visual_tokens_per_frame": model.config.tokens_per_frame,
         "frames": settings.frames,
+        "batch_size": batch_size,
         "quantize": quantize,
     }
+
+
+def read_ahead(groups: list[list[Doc]], ask_settings) -> Iterator[tuple]:
+    """(info, frames, None) or (None, None, the UserError) for each group's video, in order, the
+    next one decoded in a background thread while the caller works on this one."""
+    from ..video import read_frames
+
+    def read(group: list[Doc]) -> tuple:
+        try:
+            return (*read_frames(group[0].video, ask_settings.request), None)
+        except UserError as error:
+            return None, None, error
+
+    with ThreadPoolExecutor(1, thread_name_prefix="crosslmm-decode") as pool:
+        coming = pool.submit(read, groups[0]) if groups else None
+        for following in groups[1:] + [None]:
+            current = coming.result()
+            coming = pool.submit(read, following) if following is not None else None
+            yield current
 
 
 # ---- scoring ------------------------------------------------------------------------------------

@@ -1,20 +1,22 @@
 """The one model behind the server: requests become jobs (checked, media located), their media are
-decoded once and encoded once (:class:`EncodedVideo`, kept in a memory-bounded LRU), and answers are
-generated one job at a time on a single worker thread that owns the GPU, reusing cached prompt
-prefixes. A bounded number of jobs may wait; a client that leaves stops its job."""
+decoded once and encoded once (:class:`EncodedVideo`, kept in a memory-bounded LRU), and the answers
+of all running jobs are generated together (continuous batching, ``crosslmm.batched_generation``) by
+one scheduler thread that owns the GPU, reusing cached prompt prefixes. A bounded number of jobs may
+wait; a client that leaves stops its job at the next step."""
 
 from __future__ import annotations
 
 import logging
 import math
+import queue
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import astuple, dataclass, field, replace
 
 import numpy as np
 
-from crosslmm import AnswerStream, SamplingSettings
+from crosslmm import SamplingSettings
+from crosslmm.batched_generation import ContinuousBatch, Sequence
 from crosslmm.cross_attention import VisualMemory
 
 from ..ask import MAX_SIDE, encode_video_frames
@@ -32,7 +34,7 @@ log = logging.getLogger("crosslmm.serve")
 
 @dataclass
 class EncodedVideo:
-    """A request's video: its decoded frames until the worker encodes them, then the encoded memory."""
+    """A request's video: its decoded frames until the scheduler encodes them, then the encoded memory."""
 
     num_frames: int
     frames: np.ndarray | None = None  # (T, H, W, 3) uint8 RGB
@@ -64,12 +66,18 @@ class Job:
     video_end: int = 0  # the prompt position after the last video token
     prompt_ids: list[int] = field(default_factory=list)  # inputs' ids as a list (prefix matching)
     timings: dict = field(default_factory=dict)
+    # filled by the scheduler
+    sequences: list[Sequence] = field(default_factory=list)  # one per choice
+    cached_tokens: int = 0  # prompt tokens the prefix cache held (the first choice's)
+    began: float = 0.0
+    last_piece_at: float | None = None
     _ticket: Ticket | None = None
+    _emit: object = None
 
 
 @dataclass
 class Started:
-    """The worker took the job: a stream sends its first chunk now, not while the job waits."""
+    """The job joined the batch: a stream sends its first chunk now, not while the job waits."""
 
 
 @dataclass
@@ -92,7 +100,7 @@ class Failed:
 
 class Ticket:
     """A place in the engine's bounded queue, given back once (when the job ends or is refused);
-    its request counts as waiting until the worker starts it, then as running."""
+    its request counts as waiting until the scheduler starts it, then as running."""
 
     def __init__(self, engine: Engine):
         self.engine, self.released, self.running = engine, False, False
@@ -120,7 +128,10 @@ class Engine:
                                    int(settings.max_remote_media_mb * 2**20))
         self.videos: BudgetLru[EncodedVideo] = BudgetLru(int(settings.video_cache_mb * 2**20), EncodedVideo.nbytes)
         self.prefixes = PrefixCache(int(settings.prefix_cache_mb * 2**20))
-        self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="crosslmm-gpu")
+        self.batch = ContinuousBatch(model, processor.tokenizer, settings.max_batch_size)
+        self.inbox: queue.SimpleQueue[Job | None] = queue.SimpleQueue()  # submitted jobs, in order
+        self.active: list[Job] = []  # jobs whose answers are in the batch
+        self._next: Job | None = None  # taken from the inbox, waiting for room in the batch
         self.context = model.config.text_config.max_position_embeddings
         self.max_prompt_tokens = min(settings.max_prompt_tokens or self.context, self.context)
         self._lock = threading.Lock()
@@ -133,13 +144,17 @@ class Engine:
         self.metrics.waiting.set_function(lambda: self.admitted - self.running)
         self.stats = {"requests": 0, "video_cache_hits": 0, "video_cache_misses": 0, "videos_decoded": 0,
                       "videos_encoded": 0, "prompt_tokens": 0, "cached_prompt_tokens": 0, "completion_tokens": 0}
+        self.scheduler = threading.Thread(target=self._schedule, name="crosslmm-scheduler", daemon=True)
+        self.scheduler.start()
 
     # ---- admission ------------------------------------------------------------------------------
     def admit(self) -> Ticket:
         """A place in the queue, or 429 with a Retry-After estimate when it is full."""
         with self._lock:
             if self.admitted >= self.settings.max_queue:
-                wait = max(1, min(120, math.ceil(self.seconds_per_job * self.admitted)))
+                # jobs ahead, answered max_batch_size at a time
+                ahead = self.admitted / self.settings.max_batch_size
+                wait = max(1, min(120, math.ceil(self.seconds_per_job * ahead)))
                 raise ApiError(429, f"the server is busy: {self.admitted} requests are queued or running; retry in "
                                     f"about {wait}s", type="rate_limit_error", code="queue_full",
                                headers={"Retry-After": str(wait)})
@@ -197,7 +212,7 @@ class Engine:
         except UserError as error:
             raise ApiError(400, str(error).replace("--", "video_sampling."), param="video_sampling") from None
 
-    # ---- decoding and the prompt (request threads, in parallel with the worker) -------------------
+    # ---- decoding and the prompt (request threads, in parallel with the scheduler) -------------------
     def load(self, job: Job) -> None:
         """Decode the job's media unless encoded or decoded already, and tokenize its prompt."""
         if job.media is not None:
@@ -205,7 +220,7 @@ class Engine:
             began = time.perf_counter()
             try:
                 with self._decode_locks[hash(key) % len(self._decode_locks)]:
-                    video = self.videos.get(key)  # encoded, or decoded and waiting for the worker to encode it
+                    video = self.videos.get(key)  # encoded, or decoded and waiting for the scheduler to encode it
                     job.video_cache_hit = video is not None
                     if video is None:
                         video = self._decode(job.media, job.frames_request)
@@ -249,77 +264,131 @@ class Engine:
             frames = sampled.pixels
         return EncodedVideo(num_frames=len(frames), frames=frames)
 
-    # ---- generation (the worker thread) ---------------------------------------------------------
+    # ---- generation (the scheduler thread) -------------------------------------------------------
     def submit(self, job: Job, ticket: Ticket, emit) -> None:
-        """Queue ``job`` for the worker; ``emit`` gets :class:`Piece`, then :class:`Finished` or :class:`Failed`."""
-        job._ticket = ticket
-        self.worker.submit(self._run, job, emit)
+        """Queue ``job`` for the scheduler; ``emit`` gets :class:`Started`, :class:`Piece`s, then
+        :class:`Finished` or :class:`Failed`."""
+        job._ticket, job._emit = ticket, emit
+        self.inbox.put(job)
 
-    def _run(self, job: Job, emit) -> None:
-        began, answered = time.perf_counter(), False
-        try:
-            if job.cancelled.is_set():
+    def _schedule(self) -> None:
+        """The scheduler thread, the only one that runs the model: take waiting jobs while the batch
+        has room for all their answers, run one step of the batch, hand out what it produced."""
+        while True:
+            idle = not len(self.batch)
+            if not self._take_jobs(block=idle):
                 return
-            job._ticket.start()
-            emit(Started())
-            memory = self._encoded(job)
-            last_piece = None
-            answers, cached_tokens = [], 0
-            for index in range(job.n):
-                sampling = job.sampling
-                if sampling.seed is not None and index:
-                    sampling = replace(sampling, seed=sampling.seed + index)  # n samples, not n copies
-                cache, cached = self.prefixes.lookup(job.video_key, job.prompt_ids, job.video_end)
-                cached_tokens = cached_tokens if index else cached
-                self.metrics.prefix_queries.inc(len(job.prompt_ids))
-                self.metrics.prefix_hits.inc(cached)
-                stream = AnswerStream(self.model, self.processor, job.inputs, memory, sampling, prefix_cache=cache)
-                pieces = iter(stream)
+            if not len(self.batch):
+                continue
+            try:
+                for sequence, text in self.batch.step():
+                    self._handle(sequence, text)
+            except Exception as error:  # every job in the batch fails; the next ones start afresh
+                log.exception("generation failed")
+                for job in list(self.active):
+                    self._fail(job, ApiError(500, f"generation failed ({type(error).__name__}); see the server log",
+                                             type="server_error", code="internal_error"))
+                self.batch = ContinuousBatch(self.model, self.processor.tokenizer, self.settings.max_batch_size)
+                continue
+            for job in list(self.active):
+                if job.cancelled.is_set():
+                    for sequence in job.sequences:
+                        sequence.cancel()
+
+    def _take_jobs(self, block: bool) -> bool:
+        """Move waiting jobs into the batch while their answers fit; False once the engine closes."""
+        while True:
+            if self._next is None:
                 try:
-                    for piece in pieces:
-                        if job.cancelled.is_set():
-                            return
-                        now = time.perf_counter()
-                        if last_piece is None:
-                            self.metrics.first_token.observe(now - job._ticket.admitted_at)
-                        else:
-                            self.metrics.inter_token.observe(now - last_piece)
-                        last_piece = now
-                        emit(Piece(index, piece))
-                finally:
-                    pieces.close()  # stops generation when the client left
-                self.prefixes.store(job.video_key, job.prompt_ids + stream.token_ids, stream.cache)
-                answers.append((stream.text, stream.finish_reason, len(stream.token_ids)))
-            if memory is not None:
-                self.videos.put(job.video_key, job.video)  # count the T2V keys/values it gained
-            prompt_tokens = len(job.prompt_ids)
-            with self._lock:
-                self.stats["prompt_tokens"] += prompt_tokens
-                self.stats["cached_prompt_tokens"] += cached_tokens
-                self.stats["completion_tokens"] += sum(tokens for _, _, tokens in answers)
-            self.metrics.prompt_tokens.inc(prompt_tokens)
-            self.metrics.generation_tokens.inc(sum(tokens for _, _, tokens in answers))
-            self.metrics.end_to_end.observe(time.perf_counter() - job._ticket.admitted_at)
-            self.metrics.finished([reason for _, reason, _ in answers])
-            answered = True
-            emit(Finished(answers, prompt_tokens, cached_tokens))
-        except ApiError as error:
-            emit(Failed(error))
-        except Exception as error:  # the client gets one line; the server log keeps the traceback
-            log.exception("generation failed")
-            emit(Failed(ApiError(500, f"generation failed ({type(error).__name__}); see the server log",
-                                 type="server_error", code="internal_error")))
-        finally:
+                    self._next = self.inbox.get(block=block)
+                except queue.Empty:
+                    return True
+            job = self._next
+            if job is None:
+                return False
+            if job.cancelled.is_set():
+                self._next = None
+                job._ticket.release()
+                continue
+            if len(self.batch) and len(self.batch) + job.n > self.settings.max_batch_size:
+                return True  # it waits until enough answers are done
+            self._next, block = None, False
+            self._start(job)
+
+    def _start(self, job: Job) -> None:
+        job._ticket.start()
+        job._emit(Started())
+        job.began = time.perf_counter()
+        try:
+            memory = self._encoded(job)
+        except Exception as error:
+            log.exception("encoding the video failed")
+            job._emit(Failed(ApiError(500, f"encoding the video failed ({type(error).__name__}); see the server log",
+                                      type="server_error", code="internal_error")))
             job._ticket.release()
-            if answered:  # a cancelled or failed job's near-zero time says nothing about the wait
-                with self._lock:
-                    self.seconds_per_job = 0.8 * self.seconds_per_job + 0.2 * (time.perf_counter() - began)
+            return
+        for index in range(job.n):
+            sampling = job.sampling
+            if sampling.seed is not None and index:
+                sampling = replace(sampling, seed=sampling.seed + index)  # n samples, not n copies
+            cache, cached = self.prefixes.lookup(job.video_key, job.prompt_ids, job.video_end)
+            job.cached_tokens = job.cached_tokens if index else cached
+            self.metrics.prefix_queries.inc(len(job.prompt_ids))
+            self.metrics.prefix_hits.inc(cached)
+            sequence = Sequence(job.inputs["input_ids"], memory, sampling, prefix_cache=cache, tag=(job, index))
+            job.sequences.append(sequence)
+            self.batch.add(sequence)
+        self.active.append(job)
+
+    def _handle(self, sequence: Sequence, text: str) -> None:
+        job, index = sequence.tag
+        if job not in self.active:
+            return
+        if text:
+            now = time.perf_counter()
+            if job.last_piece_at is None:
+                self.metrics.first_token.observe(now - job._ticket.admitted_at)
+            else:
+                self.metrics.inter_token.observe(now - job.last_piece_at)
+            job.last_piece_at = now
+            job._emit(Piece(index, text))
+        if not all(s.finished for s in job.sequences):
+            return
+        self.active.remove(job)
+        if any(s.finish_reason == "cancelled" for s in job.sequences):
+            job._ticket.release()
+            return
+        for s in job.sequences:
+            if s.cache is not None:
+                self.prefixes.store(job.video_key, job.prompt_ids + s.token_ids, s.cache)
+        if job.video is not None:
+            self.videos.put(job.video_key, job.video)  # count the T2V keys/values it gained
+        answers = [(s.text, s.finish_reason, len(s.token_ids)) for s in job.sequences]
+        prompt_tokens, generated = len(job.prompt_ids), sum(tokens for _, _, tokens in answers)
+        with self._lock:
+            self.stats["prompt_tokens"] += prompt_tokens
+            self.stats["cached_prompt_tokens"] += job.cached_tokens
+            self.stats["completion_tokens"] += generated
+            # a cancelled or failed job's near-zero time says nothing about the wait
+            self.seconds_per_job = 0.8 * self.seconds_per_job + 0.2 * (time.perf_counter() - job.began)
+        self.metrics.prompt_tokens.inc(prompt_tokens)
+        self.metrics.generation_tokens.inc(generated)
+        self.metrics.end_to_end.observe(time.perf_counter() - job._ticket.admitted_at)
+        self.metrics.finished([reason for _, reason, _ in answers])
+        job._ticket.release()
+        job._emit(Finished(answers, prompt_tokens, job.cached_tokens))
+
+    def _fail(self, job: Job, error: ApiError) -> None:
+        if job in self.active:
+            self.active.remove(job)
+        job._ticket.release()
+        job._emit(Failed(error))
 
     def _encoded(self, job: Job) -> VisualMemory | None:
         video = job.video
         if video is None:
             return None
-        if video.memory is None:  # the first job to reach the worker with this video encodes it
+        if video.memory is None:  # the first job to reach the scheduler with this video encodes it
             _, video.memory, seconds = encode_video_frames(self.model, self.processor, video.frames)
             video.frames = None
             self.videos.put(job.video_key, video)
@@ -335,7 +404,7 @@ class Engine:
         return {
             "status": "ok", "model": self.name, "queued_or_running": admitted, "max_queue": self.settings.max_queue,
             "running": running, "waiting": admitted - running,
-            "batch_size": 1,  # sequences generated together: one job at a time (issue 26: continuous batching)
+            "batch_size": len(self.batch.rows), "max_batch_size": self.settings.max_batch_size,
             **stats,
             "video_cache_hit_rate": round(stats["video_cache_hits"] / looked_up, 4) if looked_up else None,
             "video_cache": {"entries": len(self.videos), "mb": round(self.videos.total_bytes / 2**20, 2),
@@ -344,4 +413,6 @@ class Engine:
         }
 
     def close(self) -> None:
-        self.worker.shutdown(wait=True, cancel_futures=True)
+        """Stop after the step in progress; jobs still running or waiting are dropped."""
+        self.inbox.put(None)
+        self.scheduler.join()

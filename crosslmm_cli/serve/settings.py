@@ -28,6 +28,7 @@ class ServeSettings:
     device: str | None = None
     max_tokens: int = 512  # answer length when a request gives none
     max_queue: int = 32  # requests queued or running; more get 429 with Retry-After
+    max_batch_size: int = 16  # answers generated together (continuous batching); a request's n choices count each
     video_cache_mb: float = 4096  # encoded videos kept (least recently used evicted)
     prefix_cache_mb: float = 2048  # prompt keys/values kept for reuse
     max_request_mb: float = 32  # request body (images as data: URLs count)
@@ -42,7 +43,8 @@ class ServeSettings:
             raise UserError(f"--port must be between 1 and 65535, got {self.port}")
         if self.quantize is not None and self.quantize not in QUANTIZE_MODES:
             raise UserError(f"--quantize must be one of {', '.join(QUANTIZE_MODES)}, got {self.quantize!r}")
-        for flag, value in (("--frames", self.frames), ("--max-tokens", self.max_tokens), ("--max-queue", self.max_queue)):
+        for flag, value in (("--frames", self.frames), ("--max-tokens", self.max_tokens), ("--max-queue", self.max_queue),
+                            ("--max-batch-size", self.max_batch_size)):
             if value < 1:
                 raise UserError(f"{flag} must be at least 1, got {value}")
         for flag, value in (("--video-cache-mb", self.video_cache_mb), ("--prefix-cache-mb", self.prefix_cache_mb),

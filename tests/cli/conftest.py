@@ -64,3 +64,16 @@ def tiny_checkpoint(tmp_path_factory):
     result = CliRunner().invoke(app, ["init", "tiny", str(path)])
     assert result.exit_code == 0, result.output
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_open_checkpoint(tiny_checkpoint, tmp_path_factory):
+    """The tiny checkpoint with its cross-attention gates open, so the video changes every answer."""
+    from crosslmm import load_checkpoint, save_checkpoint
+    from tests.helpers import open_gates
+
+    model, processor = load_checkpoint(tiny_checkpoint)
+    open_gates(model, 0.7)
+    path = tmp_path_factory.mktemp("open") / "tiny"
+    save_checkpoint(model, processor, path)
+    return path

@@ -108,33 +108,63 @@ def test_videomme_end_to_end(videomme_dir, tiny_checkpoint, tmp_path, monkeypatc
 
 
 def interrupt_after_two_answers(monkeypatch, videomme_dir, tiny_checkpoint, output):
-    from crosslmm_cli.ask import VideoChat
+    from crosslmm_cli.evaluation import runner
 
-    real_ask, calls = VideoChat.ask_alone, []
+    real_record, calls = runner.sample_record, []
 
-    def flaky(self, question):
+    def flaky(*args):
         calls.append(1)
         if len(calls) == 3:
             raise KeyboardInterrupt
-        return real_ask(self, question)
+        return real_record(*args)
 
-    monkeypatch.setattr(VideoChat, "ask_alone", flaky)
+    monkeypatch.setattr(runner, "sample_record", flaky)
     assert run_eval("videomme", "--data-dir", str(videomme_dir), *common(tiny_checkpoint, output)).exit_code == 130
-    monkeypatch.setattr(VideoChat, "ask_alone", real_ask)  # the run stopped after two answers
+    monkeypatch.setattr(runner, "sample_record", real_record)  # the run stopped after two answers
 
 
 def test_interrupted_run_resumes_without_losing_or_repeating(videomme_dir, tiny_checkpoint, tmp_path, monkeypatch):
     interrupt_after_two_answers(monkeypatch, videomme_dir, tiny_checkpoint, tmp_path)
-    first = lines(tmp_path / "samples_videomme.jsonl")
-    assert [s["doc_id"] for s in first] == [0, 1]
+    first = [s for s in lines(tmp_path / "samples_videomme.jsonl") if "missing_video" not in s]
+    assert len(first) == 2
     resumed = run_eval("videomme", "--data-dir", str(videomme_dir), *common(tiny_checkpoint, tmp_path))
     assert resumed.exit_code == 0, resumed.output
     final = lines(tmp_path / "samples_videomme.jsonl")
     assert [s["doc_id"] for s in final] == list(range(9))
-    assert final[:2] == first
+    assert all(final[s["doc_id"]] == s for s in first)  # kept as they were, not asked again
     fresh = tmp_path / "fresh"
     assert run_eval("videomme", "--data-dir", str(videomme_dir), *common(tiny_checkpoint, fresh)).exit_code == 0
     assert lines(fresh / "samples_videomme.jsonl") == final
+
+
+def test_scores_are_the_same_at_every_batch_size_and_answers_those_of_one_question_at_a_time(
+        mvbench_dir, tiny_open_checkpoint, tmp_path):
+    """Batch sizes 1, 3 and 8 give the same samples and scores; each answer is the one the
+    unbatched route (VideoChat.ask_alone, transformers' generate()) gives its question alone."""
+    from crosslmm_cli.ask import AskSettings, VideoChat, prepare_model
+    from crosslmm_cli.evaluation.tasks import TASKS
+    from crosslmm_cli.video import read_frames
+
+    runs = {}
+    for size in (1, 3, 8):
+        output = tmp_path / f"bs{size}"
+        result = run_eval("mvbench", "--data-dir", str(mvbench_dir), *common(tiny_open_checkpoint, output),
+                          "--batch-size", str(size))
+        assert result.exit_code == 0, result.output
+        report = json.loads((output / "results.json").read_text())
+        assert report["efficiency"]["batch_size"] == size
+        runs[size] = (report["results"], lines(output / "samples_mvbench.jsonl"))
+    assert runs[1] == runs[3] == runs[8]
+    settings = AskSettings(model=str(tiny_open_checkpoint), frames=2, max_new_tokens=TASKS["mvbench"].max_new_tokens)
+    model, processor, quantize = prepare_model(settings)
+    task, answered = TASKS["mvbench"], 0
+    docs = {doc.doc_id: doc for doc in task.load(mvbench_dir)}
+    for sample in runs[1][1]:
+        doc = docs[sample["doc_id"]]
+        chat = VideoChat(model, processor, *read_frames(doc.video, settings.request), settings, quantize)
+        assert sample["resps"] == [[chat.ask_alone(task.prompt(doc)).text]]
+        answered += 1
+    assert answered == 5
 
 
 def test_a_half_written_sample_line_is_recovered(videomme_dir, tiny_checkpoint, tmp_path, monkeypatch):
@@ -238,6 +268,7 @@ def test_two_gloo_processes_equal_one(jsonl_dir, tiny_checkpoint, tmp_path):
         (["videomme", "--data-dir", "/nonexistent"], "is not a folder"),
         (["mvbench", "--data-dir", ".", "--parser", "official"], "does not apply to mvbench"),
         (["videomme", "--data-dir", ".", "--limit", "0"], "--limit must be >= 1"),
+        (["videomme", "--data-dir", ".", "--batch-size", "0"], "--batch-size must be >= 1"),
         (["videomme", "--data-dir", ".", "--responses", "/nonexistent.jsonl"], "no such file"),
     ],
 )

@@ -52,7 +52,8 @@ def local_task(folder: Path, parquet: Path) -> Path:
     return folder
 
 
-def run_lmms_eval(videomme_cache: Path, work: Path, model: str, model_args: str) -> tuple[dict, list[dict], Path]:
+def run_lmms_eval(videomme_cache: Path, work: Path, model: str, model_args: str,
+                  batch_size: int = 1) -> tuple[dict, list[dict], Path]:
     """``python -m lmms_eval`` on the local Video-MME task: its results.json, samples and samples file."""
     parquet = videomme_cache / "videomme" / "videomme" / "test-00000-of-00001.parquet"
     tasks = work / "tasks"
@@ -63,7 +64,7 @@ def run_lmms_eval(videomme_cache: Path, work: Path, model: str, model_args: str)
     output = work / f"lmms-{model}"
     command = [sys.executable, "-m", "lmms_eval", "--model", model, "--model_args", model_args, "--tasks",
                "videomme_local", "--include_path", str(tasks), "--output_path", str(output), "--log_samples",
-               "--batch_size", "1"]
+               "--batch_size", str(batch_size)]
     done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600, cwd=work)
     results = list(output.glob("**/*_results.json"))
     assert done.returncode == 0 and results, (done.stdout + done.stderr)[-4000:]  # it can exit 0 having failed
@@ -83,8 +84,13 @@ def our_value_equal(ours, theirs) -> bool:
     return ours == pytest.approx(theirs, abs=1e-12) if isinstance(theirs, float) else ours == theirs
 
 
-def test_lmms_eval_runs_crosslmm_and_scores_as_crosslmm_eval(videomme_cache, tiny_checkpoint, tmp_path):
-    theirs, their_samples, _ = run_lmms_eval(videomme_cache, tmp_path, "crosslmm", f"pretrained={tiny_checkpoint},frames=2")
+@pytest.mark.parametrize("batch_size", [1, 3])
+def test_lmms_eval_runs_crosslmm_and_scores_as_crosslmm_eval(videomme_cache, tiny_open_checkpoint, tmp_path, batch_size):
+    """At lmms-eval's --batch_size 1 and 3 (its questions then generated together, as crosslmm
+    eval's default of 8 does), the same generations and scores as crosslmm eval."""
+    tiny_checkpoint = tiny_open_checkpoint
+    theirs, their_samples, _ = run_lmms_eval(videomme_cache, tmp_path, "crosslmm", f"pretrained={tiny_checkpoint},frames=2",
+                                             batch_size)
 
     ours_dir = tmp_path / "ours"
     result = CliRunner().invoke(app, ["eval", "videomme", "--data-dir", str(videomme_cache / "videomme"), "--model",

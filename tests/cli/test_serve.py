@@ -23,7 +23,6 @@ import cv2
 import numpy as np
 import openai
 import pytest
-from crosslmm import load_checkpoint, save_checkpoint
 from openai import OpenAI
 from transformers import AutoModelForImageTextToText, AutoProcessor
 from typer.testing import CliRunner
@@ -38,7 +37,7 @@ from crosslmm_cli.serve.server import create_app
 from crosslmm_cli.serve.settings import ServeSettings
 from crosslmm_cli.synthetic_video import index_frames, write_video
 from crosslmm_cli.video import SamplingRequest, read_frames
-from tests.helpers import free_port, open_gates
+from tests.helpers import free_port
 
 KEY = "test-key"
 FRAMES = 4
@@ -46,13 +45,8 @@ TOKENS = 10
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tiny_checkpoint, tmp_path_factory):
-    """The tiny model with its cross-attention gates open, so the video changes every answer."""
-    model, processor = load_checkpoint(tiny_checkpoint)
-    open_gates(model, 0.7)
-    path = tmp_path_factory.mktemp("served") / "tiny"
-    save_checkpoint(model, processor, path)
-    return path
+def checkpoint(tiny_open_checkpoint):
+    return tiny_open_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -239,7 +233,7 @@ def test_a_stop_string_ends_the_answer_before_it(client, media, reference):
     assert cut.finish_reason == "stop"
 
 
-def test_concurrent_clients_get_the_answers_of_one_at_a_time(server, media):
+def test_concurrent_clients_get_the_answers_of_one_at_a_time_generated_together(server, media):
     url = server[0]
     questions = [(video, text) for video in ("a.mp4", "sub/b.mp4") for text in ("Who?", "Where is it?")]
     alone = OpenAI(base_url=url + "/v1", api_key=KEY, max_retries=0)
@@ -250,9 +244,21 @@ def test_concurrent_clients_get_the_answers_of_one_at_a_time(server, media):
                                              extra_body={"video_sampling": {"frames": 2}}).choices[0].message.content
 
     expected = [ask(q) for q in questions]
+    sizes, asking = [], threading.Event()
+
+    def watch():
+        while not asking.is_set():
+            sizes.append(server[1].health()["batch_size"])
+            time.sleep(0.005)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
     with ThreadPoolExecutor(4) as pool:
         together = list(pool.map(ask, questions * 3))
+    asking.set()
+    watcher.join()
     assert together == expected * 3
+    assert max(sizes) > 1  # they were generated together
 
 
 def test_a_client_that_leaves_stops_its_generation(server, media):
@@ -292,32 +298,60 @@ def test_a_full_queue_answers_429_with_retry_after(server, client):
     assert client.chat.completions.create(model="tiny", messages=ask_video("a.mp4", "Hi?"), max_tokens=2).choices
 
 
-def test_a_queued_stream_gets_its_first_chunk_when_its_generation_starts(server, media):
-    """The role chunk goes out when the worker takes the job, not while it waits: a stream queued
-    behind a long answer receives nothing until that answer is done (its tokens are counted)."""
+def test_a_queued_stream_gets_its_first_chunk_when_its_generation_starts(checkpoint, media):
+    """The role chunk goes out when the job joins the batch, not while it waits: with room for one
+    answer, a stream queued behind a long answer receives nothing until that answer is done."""
+    engine = make_engine(checkpoint, media, max_batch_size=1)
+    with running(engine) as url:
+        alone = OpenAI(base_url=url + "/v1", max_retries=0, timeout=120, api_key="-")
+
+        def long_answer():
+            return alone.chat.completions.create(model="tiny", messages=ask_video("a.mp4", "Tell a long story."),
+                                                 max_tokens=400, extra_body={"video_sampling": {"frames": 2}})
+
+        with ThreadPoolExecutor(1) as pool:
+            first = pool.submit(long_answer)
+            deadline = time.monotonic() + 30
+            while engine.running == 0 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            stream = alone.chat.completions.create(model="tiny", messages=ask_video("sub/b.mp4", "Who?"), max_tokens=2,
+                                                   stream=True, extra_body={"video_sampling": {"frames": 2}})
+            chunks = iter(stream)
+            role = next(chunks)
+            done_when_role_came = engine.stats["completion_tokens"]
+            assert role.choices[0].delta.role == "assistant"
+            list(chunks)
+            answer = first.result()
+    engine.close()
+    assert answer.usage.completion_tokens >= 50  # long enough that a role sent at once would come mid-answer
+    assert done_when_role_came == answer.usage.completion_tokens
+
+
+def test_a_stream_joins_a_running_batch_and_both_answers_equal_their_sequential_ones(server, media):
+    """With room in the batch, a request that arrives while a long answer is being generated starts
+    at once (its role chunk comes mid-answer) and neither answer changes."""
     url, engine, _ = server
     alone = OpenAI(base_url=url + "/v1", api_key=KEY, max_retries=0, timeout=120)
+    long_request = dict(model="tiny", messages=ask_video("a.mp4", "Tell a long story."), max_tokens=300,
+                        extra_body={"video_sampling": {"frames": 2}})
+    short_request = dict(model="tiny", messages=ask_video("sub/b.mp4", "Who is it?"), max_tokens=8,
+                         extra_body={"video_sampling": {"frames": 3}})
+    long_alone = alone.chat.completions.create(**long_request).choices[0].message.content
+    short_alone = alone.chat.completions.create(**short_request).choices[0].message.content
     before = engine.stats["completion_tokens"]
-
-    def long_answer():
-        return alone.chat.completions.create(model="tiny", messages=ask_video("a.mp4", "Tell a long story."),
-                                             max_tokens=400, extra_body={"video_sampling": {"frames": 2}})
-
     with ThreadPoolExecutor(1) as pool:
-        first = pool.submit(long_answer)
+        first = pool.submit(alone.chat.completions.create, **long_request)
         deadline = time.monotonic() + 30
         while engine.running == 0 and time.monotonic() < deadline:
             time.sleep(0.01)
-        stream = alone.chat.completions.create(model="tiny", messages=ask_video("sub/b.mp4", "Who?"), max_tokens=2,
-                                               stream=True, extra_body={"video_sampling": {"frames": 2}})
-        chunks = iter(stream)
-        role = next(chunks)
+        chunks = iter(alone.chat.completions.create(**short_request, stream=True))
+        assert next(chunks).choices[0].delta.role == "assistant"
         done_when_role_came = engine.stats["completion_tokens"] - before
-        assert role.choices[0].delta.role == "assistant"
-        list(chunks)
-        answer = first.result()
-    assert answer.usage.completion_tokens >= 50  # long enough that a role sent at once would come mid-answer
-    assert done_when_role_came == answer.usage.completion_tokens
+        short_together = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        long_together = first.result()
+    assert done_when_role_came == 0  # the long answer was still being generated
+    assert long_together.usage.completion_tokens == 300
+    assert (long_together.choices[0].message.content, short_together) == (long_alone, short_alone)
 
 
 def test_metrics_parse_as_prometheus_text_in_vllms_names(server, client):
@@ -357,10 +391,11 @@ def test_retry_after_counts_only_answered_jobs(server):
     job = engine.plan(parse_request({"model": "tiny", "messages": ask_video("a.mp4", "Hi?"), "max_tokens": 2}))
     engine.load(job)
     job.cancelled.set()
-    done = threading.Event()
     engine.submit(job, engine.admit(), lambda event: None)
-    engine.worker.submit(done.set)
-    assert done.wait(30)
+    deadline = time.monotonic() + 30
+    while engine.admitted and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert engine.admitted == 0
     assert engine.seconds_per_job == before
 
 
