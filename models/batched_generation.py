@@ -104,40 +104,83 @@ class ContinuousBatch:
 
     @torch.inference_mode()
     def step(self) -> list[tuple[Sequence, str]]:
-        """Admit what fits, then one decoding step for every running sequence: ``(sequence, new
-        text)`` for each sequence that produced text or ended (check ``sequence.finished``)."""
+        """Prefill the waiting sequences that fit (their first tokens), or, when none is waiting or
+        fits, one decoding step for every running sequence: ``(sequence, new text)`` for each
+        sequence that produced text or ended (check ``sequence.finished``). A prefill step does not
+        decode, so a new arrival's first token is not held back by a decoding forward (vLLM's
+        scheduler orders its steps the same way)."""
         events: list[tuple[Sequence, str]] = []
-        self._admit(events)
-        if self.rows:  # those admitted just now included: their first token is fed with the others'
+        if not self._admit(events) and self.rows:
             self._decode(events)
         self._retire()
         return events
 
     # ---- admission ------------------------------------------------------------------------------
-    def _admit(self, events: list) -> None:
-        admitted, budget = 0, self.prefill_tokens
-        while len(self.rows) < self.max_batch_size:
+    def _admit(self, events: list) -> bool:
+        """Prefill what fits; whether anything was prefilled."""
+        newcomers, budget = [], self.prefill_tokens
+        while len(self.rows) + len(newcomers) < self.max_batch_size:
             with self._lock:
                 if not self.waiting:
                     break
                 sequence = self.waiting[0]
-                length = sequence.prompt_length - (sequence.prefix_cache.get_seq_length() if sequence.prefix_cache else 0)
-                if admitted and length > budget:
+                length = sequence.prompt_length - _cached_length(sequence.prefix_cache)
+                if newcomers and length > budget:
                     break  # the next step takes it; at least one prefill per step
                 self.waiting.popleft()
             budget -= length
             if sequence.cancelled.is_set():
                 self._finish(sequence, "cancelled", events)
-                continue
-            cache = self._prefill(sequence, events)
-            admitted += 1
-            if sequence.finished:  # its first token ended it
-                sequence.cache = cache
             else:
-                self._join(sequence, cache)
+                newcomers.append(sequence)
+        # a forward fills the video placeholders of every row or of none: rows whose video is in the
+        # tokens to compute go together, rows whose video is cached (or that have none) apart
+        video_id = self.model.config.video_token_id
+        with_video = [s for s in newcomers if bool((s.input_ids[0, _cached_length(s.prefix_cache):] == video_id).any())]
+        for group in (with_video, [s for s in newcomers if s not in with_video]):
+            if group:
+                cache, mask = self._prefill(group, events)
+                self._join(group, cache, mask)
+        return bool(newcomers)
 
-    def _prefill(self, sequence: Sequence, events: list) -> DynamicCache:
-        sequence.prefill_began_at = time.perf_counter()
+    def _prefill(self, group: list[Sequence], events: list) -> tuple[DynamicCache, torch.Tensor]:
+        """One forward over the prompts of ``group`` (the part their prefix caches do not hold), each
+        row laid out as [cache, left-padded to the longest][new tokens, left-padded to the longest];
+        alone, a sequence is prefilled exactly as ``generate()`` prefills it. The rows' first tokens
+        are chosen; the group's cache and (rows, columns) mask are returned."""
+        began = time.perf_counter()
+        for sequence in group:
+            sequence.prefill_began_at = began
+            self._prepare(sequence)
+        cached = [_cached_length(s.prefix_cache) for s in group]
+        new = [s.prompt_length - c for s, c in zip(group, cached)]
+        width, longest = max(cached), max(new)
+        cache = self._stacked_prefix(group, width)
+        pad = min(self.eos) if self.eos else 0
+        input_ids = torch.full((len(group), longest), pad, dtype=torch.long)
+        positions = torch.zeros(len(group), longest, dtype=torch.long)
+        mask = torch.zeros(len(group), width + longest, dtype=torch.long)
+        for row, (sequence, c, n) in enumerate(zip(group, cached, new)):
+            input_ids[row, longest - n:] = sequence.input_ids[0, c:]
+            positions[row, longest - n:] = torch.arange(c, c + n)
+            mask[row, width - c:width] = 1
+            mask[row, width + longest - n:] = 1
+        memories = [s.memory for s in group]
+        for memory in memories:
+            if memory is not None:
+                memory.cache_kv = True  # its T2V keys/values, computed here, serve every later step
+        memory = memories[0] if len(group) == 1 else (
+            VisualMemory.stack(memories) if any(m is not None for m in memories) else None)
+        mask = mask.to(self.device)
+        output = self.model(input_ids=input_ids.to(self.device), attention_mask=mask,
+                            position_ids=positions.to(self.device), visual_memory=memory, use_cache=True,
+                            logits_to_keep=1, **cache_argument(cache))
+        if len(group) > 1 and memory is not None:
+            memory.hand_t2v_kv_to(memories)  # so later batches need not project these videos again
+        self._choose(group, output.logits[:, -1], events)
+        return output_cache(output), mask
+
+    def _prepare(self, sequence: Sequence) -> None:
         settings = sequence.settings
         config = settings.generation_config(self.model.generation_config, self.eos)
         # generate()'s own logits processors for these settings (repetition penalty, the suppressed
@@ -148,33 +191,54 @@ class ContinuousBatch:
         if settings.seed is not None and settings.temperature > 0:
             sequence._generator = torch.Generator(self.device).manual_seed(settings.seed)
         sequence._pieces = TextPieces(self.tokenizer)
-        cache = sequence.prefix_cache if sequence.prefix_cache is not None else DynamicCache()
-        sequence.prefix_cache = None
-        start, length = cache.get_seq_length(), sequence.prompt_length
-        if sequence.memory is not None:
-            sequence.memory.cache_kv = True  # its T2V keys/values, computed here, serve every later step
-        output = self.model(
-            input_ids=sequence.input_ids[:, start:].to(self.device),
-            attention_mask=torch.ones(1, length, dtype=torch.long, device=self.device),
-            position_ids=torch.arange(start, length, device=self.device)[None],
-            visual_memory=sequence.memory, use_cache=True, logits_to_keep=1, **cache_argument(cache),
-        )
-        self._choose([sequence], output.logits[:, -1], events)
-        return output_cache(output)
 
-    def _join(self, sequence: Sequence, cache: DynamicCache) -> None:
-        """Add a prefilled sequence's cache (1, kvh, L', hd) to the batch's, left-padding the shorter."""
-        length = cache.get_seq_length()
+    def _stacked_prefix(self, group: list[Sequence], width: int) -> DynamicCache:
+        """The group's prefix caches as one, each left-padded to ``width`` (rows without one: all padding)."""
+        caches = [sequence.prefix_cache for sequence in group]
+        for sequence in group:
+            sequence.prefix_cache = None  # consumed: generation extends it
+        if len(group) == 1:
+            return caches[0] if caches[0] is not None else DynamicCache()
+        if width == 0:
+            return DynamicCache()
+        template = next(c for c in caches if _cached_length(c))
+        layers = []
+        for index, layer in enumerate(template.layers):
+            keys, values = [], []
+            for cache in caches:
+                if _cached_length(cache):
+                    keys.append(_left_pad(cache.layers[index].keys, width))
+                    values.append(_left_pad(cache.layers[index].values, width))
+                else:
+                    keys.append(layer.keys.new_zeros(1, layer.keys.shape[1], width, layer.keys.shape[3]))
+                    values.append(layer.values.new_zeros(1, layer.values.shape[1], width, layer.values.shape[3]))
+            layers.append((torch.cat(keys), torch.cat(values)))
+        return DynamicCache(layers)
+
+    def _join(self, group: list[Sequence], cache: DynamicCache, mask: torch.Tensor) -> None:
+        """Add prefilled rows (their cache and mask) to the batch's, left-padding the narrower; rows
+        that their first token already ended keep their own cache and do not join."""
+        for row, sequence in enumerate(group):
+            if sequence.finished:
+                sequence.cache = _row_cache(cache, mask, row)
+        keep = [row for row, sequence in enumerate(group) if not sequence.finished]
+        if not keep:
+            return
+        if len(keep) < len(group):
+            index = torch.tensor(keep, device=self.device)
+            mask = mask[index]
+            for layer in cache.layers:
+                layer.keys, layer.values = layer.keys[index], layer.values[index]
         if not self.rows:
-            self._cache, self._mask = cache, torch.ones(1, length, dtype=torch.long, device=self.device)
+            self._cache, self._mask = cache, mask
         else:
-            width = max(length, self._mask.shape[1])
+            width = max(mask.shape[1], self._mask.shape[1])
             for ours, theirs in zip(self._cache.layers, cache.layers):
                 ours.keys = torch.cat([_left_pad(ours.keys, width), _left_pad(theirs.keys, width)])
                 ours.values = torch.cat([_left_pad(ours.values, width), _left_pad(theirs.values, width)])
-            new_row = torch.ones(1, length, dtype=torch.long, device=self.device)
-            self._mask = torch.cat([F.pad(self._mask, (width - self._mask.shape[1], 0)), F.pad(new_row, (width - length, 0))])
-        self.rows.append(sequence)
+            self._mask = torch.cat([F.pad(self._mask, (width - self._mask.shape[1], 0)),
+                                    F.pad(mask, (width - mask.shape[1], 0))])
+        self.rows += [group[row] for row in keep]
         self._restack()
 
     def _restack(self) -> None:
@@ -245,7 +309,7 @@ class ContinuousBatch:
             return
         for i, row in enumerate(self.rows):
             if row.finished:
-                row.cache = self._row_cache(i)
+                row.cache = _row_cache(self._cache, self._mask, i)
         if not keep:
             self.rows, self._cache, self._mask, self._memory = [], None, None, None
             return
@@ -258,13 +322,16 @@ class ContinuousBatch:
         self.rows = [self.rows[i] for i in keep]
         self._restack()
 
-    def _row_cache(self, i: int) -> DynamicCache | None:
-        """Row ``i``'s keys/values without padding, as a batch-1 cache."""
-        if self._cache is None or i >= self._mask.shape[0]:
-            return None
-        start = int(self._mask[i].argmax())  # its first real column
-        return DynamicCache([(layer.keys[i:i + 1, :, start:].clone(), layer.values[i:i + 1, :, start:].clone())
-                             for layer in self._cache.layers])
+
+def _cached_length(cache) -> int:
+    return cache.get_seq_length() if cache is not None else 0
+
+
+def _row_cache(cache: DynamicCache, mask: torch.Tensor, row: int) -> DynamicCache:
+    """Row ``row``'s keys/values without its padding, as a batch-1 cache."""
+    columns = mask[row].bool()
+    return DynamicCache([(layer.keys[row:row + 1, :, columns].clone(), layer.values[row:row + 1, :, columns].clone())
+                         for layer in cache.layers])
 
 
 def _left_pad(tensor: torch.Tensor, width: int) -> torch.Tensor:

@@ -129,6 +129,18 @@ class VisualMemory:
         return cls(pooled=torch.cat([m.pooled for m in parts]), originals=torch.cat([m.originals for m in parts]),
                    num_frames=torch.cat([m.num_frames for m in parts]), cache_kv=True, t2v_kv=t2v_kv)
 
+    def hand_t2v_kv_to(self, members: list["VisualMemory | None"]) -> None:
+        """Give each single-sample memory this batch memory was stacked from (see :meth:`stack`)
+        its own rows of the T2V keys/values computed here, unpadded, where it has none."""
+        tokens = self.originals.shape[1]
+        for row, member in enumerate(members):
+            if member is None or not member.cache_kv:
+                continue
+            length = int(member.num_frames.sum()) * tokens
+            for layer, (key, value) in self.t2v_kv.items():
+                if layer not in member.t2v_kv:
+                    member.t2v_kv[layer] = (key[row:row + 1, :, :length].clone(), value[row:row + 1, :, :length].clone())
+
     def __post_init__(self):
         # made here, where the memory is made, not at a layer's first use: inside a checkpointed
         # decoder layer, the recomputation would find it made and save fewer tensors than the forward.

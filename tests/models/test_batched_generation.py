@@ -129,3 +129,34 @@ def test_stop_strings_cut_the_answer_as_they_do_alone(tiny_open, conversations):
     expected = alone(model, processor, inputs, memory, cut)
     assert "".join(pieces) == sequence.text == expected.text == whole.text[:whole.text.find(stop)]
     assert sequence.finish_reason == expected.finish_reason == "stop"
+
+
+def test_waiting_sequences_are_prefilled_together_with_and_without_cached_prefixes(tiny_open, conversations):
+    """Follow-ups whose prefixes are cached (the video in the cache) and fresh questions (the video
+    in the tokens to compute) arrive at once: the first step is two prefill forwards, and every
+    answer is generate()'s over its whole conversation."""
+    model, processor = tiny_open
+    settings = SamplingSettings(max_new_tokens=8)
+    firsts = [Sequence(inputs["input_ids"], memory, settings) for inputs, memory, _ in conversations]
+    list(generate_all(ContinuousBatch(model, processor.tokenizer), firsts))
+    follow_ups, expected = [], []
+    for n, (first, (inputs, memory, _)) in enumerate(zip(firsts, conversations)):
+        question_ids = processor.tokenizer(f"And then{'?' * n}", return_tensors="pt")["input_ids"]
+        follow = torch.cat([inputs["input_ids"], torch.tensor([first.token_ids[:-1]], dtype=torch.long),
+                            question_ids], dim=1)
+        follow_ups.append(Sequence(follow, memory, settings, prefix_cache=first.cache))
+        expected.append(alone(model, processor, {"input_ids": follow, "attention_mask": torch.ones_like(follow)},
+                              memory, settings).token_ids)
+    fresh = [Sequence(inputs["input_ids"], memory, settings) for inputs, memory, _ in conversations]
+    expected += [alone(model, processor, inputs, memory, settings).token_ids for inputs, memory, _ in conversations]
+    forwards = []
+    hook = model.register_forward_hook(lambda *_: forwards.append(1))
+    batch = ContinuousBatch(model, processor.tokenizer)
+    for sequence in follow_ups + fresh:
+        batch.add(sequence)
+    batch.step()
+    hook.remove()
+    assert len(forwards) == 2 and len(batch.rows) == len(follow_ups + fresh)
+    while len(batch):
+        batch.step()
+    assert [s.token_ids for s in follow_ups + fresh] == expected
