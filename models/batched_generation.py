@@ -262,8 +262,9 @@ class ContinuousBatch:
         for row, scores in zip(rows, logits):
             if row.finished:
                 continue
-            ids = torch.tensor([row._ids], device=self.device)
-            scores = row._processors(ids, scores[None])
+            ids, scores = torch.tensor([row._ids], device=self.device), scores[None]
+            for processor in row._processors:  # as LogitsProcessorList does, without its per-call signature check
+                scores = processor(ids, scores)
             if row.settings.temperature > 0:
                 token = int(torch.multinomial(F.softmax(scores, dim=-1), 1, generator=row._generator))
             else:

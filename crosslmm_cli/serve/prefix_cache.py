@@ -5,12 +5,12 @@ the text before the video included, depend on the video through T2V)."""
 
 from __future__ import annotations
 
-import copy
 import threading
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from transformers import DynamicCache
 
 from .budget_lru import BudgetLru
 
@@ -24,6 +24,16 @@ class Prefix:
 
 def cache_bytes(cache) -> int:
     return sum(t.nbytes for layer in cache.layers for t in (layer.keys, layer.values) if t is not None)
+
+
+def sharing(cache: DynamicCache) -> DynamicCache:
+    """A new cache object over the same key/value tensors. A DynamicCache grows, crops and selects
+    rows by making new tensors (torch.cat, slicing, indexing) and rebinding its layers to them, never
+    by writing into the old ones, so generating from it leaves ``cache`` as it was, without a copy."""
+    shared = DynamicCache([(layer.keys[..., :0, :], layer.values[..., :0, :]) for layer in cache.layers])
+    for mine, theirs in zip(shared.layers, cache.layers):
+        mine.keys, mine.values = theirs.keys, theirs.values
+    return shared
 
 
 def common_length(a: np.ndarray, b: np.ndarray) -> int:
@@ -93,7 +103,7 @@ class PrefixCache:
                     best, best_length = prefix, length
         if best is None or best_length < max(min_length, 1):
             return None, 0
-        cache = copy.deepcopy(best.cache)
+        cache = sharing(best.cache)
         if best_length < cache.get_seq_length():
             cache.crop(best_length - cache.get_seq_length())  # a negative count: tokens to drop
         return cache, best_length

@@ -565,6 +565,36 @@ def test_the_prefix_cache_index_finds_what_a_scan_of_every_entry_finds():
         assert small.lookup("v", ids.tolist(), 1)[1] == (expected if expected >= BLOCK else 0)
 
 
+def test_a_looked_up_prefix_shares_the_entrys_tensors_and_generating_from_it_leaves_the_entry_as_it_was(server):
+    """The lookup hands out a new cache over the entry's own keys/values (no copy); generation
+    extends and batches it (new tensors each time), so the entry still holds what was stored."""
+    import torch
+    from crosslmm import SamplingSettings
+    from crosslmm.batched_generation import ContinuousBatch, Sequence, generate_all
+
+    from crosslmm_cli.serve.prefix_cache import PrefixCache
+
+    _, engine, _ = server
+    model, processor = engine.model, engine.processor
+    ids = processor.chat_inputs([{"role": "user", "content": "Tell me a story about a long journey."}], None)["input_ids"]
+    first = Sequence(ids, None, SamplingSettings(max_new_tokens=6))
+    list(generate_all(ContinuousBatch(model, processor.tokenizer), [first]))
+    prefixes = PrefixCache(1 << 30)
+    prefixes.store(None, ids[0].tolist() + first.token_ids, first.cache)
+    stored = [(layer.keys.clone(), layer.values.clone()) for layer in first.cache.layers]
+    question = processor.tokenizer(" And then?", return_tensors="pt")["input_ids"]
+    follow = torch.cat([ids, torch.tensor([first.token_ids[:-1]]), question], dim=1)
+    for _ in range(2):
+        cache, length = prefixes.lookup(None, follow[0].tolist(), 1)
+        assert length == first.cache.get_seq_length()
+        assert cache.layers[0].keys is first.cache.layers[0].keys  # shared, not copied
+        neighbour = Sequence(ids, None, SamplingSettings(max_new_tokens=9))  # batched beside it, padded
+        list(generate_all(ContinuousBatch(model, processor.tokenizer),
+                          [neighbour, Sequence(follow, None, SamplingSettings(max_new_tokens=9), prefix_cache=cache)]))
+        for layer, (keys, values) in zip(first.cache.layers, stored):
+            assert torch.equal(layer.keys, keys) and torch.equal(layer.values, values)
+
+
 def test_the_lru_keeps_within_its_budget_and_evicts_the_least_recently_used():
     cache = BudgetLru(10, len)
     cache.put("a", "xxxx")
