@@ -11,6 +11,11 @@ Steps (each a subprocess with its own time limit, its output kept in the results
    at 256 frames with NF4 (JSON and the Figure-4 PNG).
 3. ask: random weights of crosslmm-ov-0.5b's architecture (`crosslmm init --random`, no download),
    default NF4, on a generated 10-minute 720p video at 32 and 128 frames (`--json`: timings, peak memory).
+4. serve: benchmarks/serve_concurrency.py with crosslmm-ov-0.5b's architecture (random weights):
+   throughput and time to first token at 1 and 16 concurrent clients, continuous batching against
+   one answer at a time (JSON and PNG).
+
+``--steps`` runs some of them (e.g. ``--steps serve`` in a second call when one call's time is short).
 
 Results go to ``benchmarks/results/gpu_suite_<device>/`` (``--output`` elsewhere), with
 ``summary.json`` naming the device, the versions, each step's exit code and seconds. The GPU
@@ -32,8 +37,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 # the files holding tests that take the `device` fixture (tests/conftest.py); named, so that the GPU
 # machine needs none of the other tests' extras (lmms-eval)
-DEVICE_TEST_FILES = ["tests/models/test_parity.py", "tests/models/test_generation.py", "tests/cli/test_ask.py",
-                     "tests/cli/test_finetune.py", "tests/cli/test_eval.py"]
+DEVICE_TEST_FILES = ["tests/models/test_parity.py", "tests/models/test_generation.py",
+                     "tests/models/test_batched_generation.py", "tests/cli/test_ask.py", "tests/cli/test_finetune.py",
+                     "tests/cli/test_eval.py"]
 
 
 def device_name(dry_run: bool) -> str:
@@ -52,6 +58,8 @@ def plan(dry_run: bool, out: Path, work: Path) -> list[tuple[str, list[list[str]
     device = "cpu" if dry_run else "cuda"
     bench_preset, frames, nf4_frames = ("tiny", "1,2", "2") if dry_run else ("crosslmm-2b", "32,64,128,256", "256")
     ask_preset, ask_frames, video_seconds = ("tiny", (2,), 4) if dry_run else ("crosslmm-ov-0.5b", (32, 128), 600)
+    serve = ["--preset", "tiny", "--levels", "1,2", "--requests", "4"] if dry_run else [
+        "--preset", "crosslmm-ov-0.5b", "--levels", "1,16", "--requests", "32"]
     checkpoint, video = work / "ask-model", work / "video-10min.mp4"
     make_video = (f"from crosslmm_cli.synthetic_video import write_test_pattern; "
                   f"write_test_pattern({str(video)!r}, {video_seconds})")
@@ -69,6 +77,8 @@ def plan(dry_run: bool, out: Path, work: Path) -> list[tuple[str, list[list[str]
                  *[[*crosslmm, "ask", str(video), "What happens in this video?", "--model", str(checkpoint),
                     "--frames", str(n), "--device", device, "--max-new-tokens", "32", "--json",
                     *(["--quantize", "nf4"] if dry_run else [])] for n in ask_frames]], 150),
+        ("serve", [[sys.executable, str(ROOT / "benchmarks" / "serve_concurrency.py"), *serve, "--device", device,
+                    "--rounds", "1", "--output", str(out / "serve_concurrency.json")]], 120),
     ]
 
 
@@ -97,6 +107,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dry-run", action="store_true", help="tiny preset, 2 frames, on the CPU")
     parser.add_argument("--output", type=Path, help="results folder (default benchmarks/results/gpu_suite_<device>)")
+    parser.add_argument("--steps", default="tests,bench,ask,serve", help="the steps to run, comma-separated")
     args = parser.parse_args()
     device = device_name(args.dry_run)
     out = args.output or ROOT / "benchmarks" / "results" / f"gpu_suite_{device}"
@@ -105,8 +116,14 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
            "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE"), "HF_HUB_OFFLINE": "1"}
+    chosen = args.steps.split(",")
+    unknown = set(chosen) - {name for name, _, _ in plan(args.dry_run, out, work)}
+    if unknown:
+        sys.exit(f"--steps: no step named {', '.join(sorted(unknown))}; the steps are tests, bench, ask, serve")
     steps = []
     for name, commands, seconds in plan(args.dry_run, out, work):
+        if name not in chosen:
+            continue
         print(f"{name} ...", flush=True)
         steps.append(run_step(name, commands, seconds, out, env))
         print(f"  exit {steps[-1]['exit_code']} in {steps[-1]['seconds']} s", flush=True)
@@ -118,7 +135,8 @@ def main() -> None:
                      "cuda": torch.version.cuda if torch.cuda.is_available() else None},
         "steps": steps,
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    name = "summary.json" if chosen == ["tests", "bench", "ask", "serve"] else f"summary_{'_'.join(chosen)}.json"
+    (out / name).write_text(json.dumps(summary, indent=2))
     print(f"wrote {out}")
     sys.exit(max(step["exit_code"] for step in steps))
 

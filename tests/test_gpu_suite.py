@@ -17,7 +17,7 @@ import gpu_suite  # noqa: E402
 
 def test_every_device_test_file_is_in_the_suite():
     using = {str(path.relative_to(ROOT)) for path in (ROOT / "tests").rglob("test_*.py")
-             if re.search(r"def test_\w+\([^)]*\bdevice\b", path.read_text())}
+             if re.search(r"def \w+\([^)]*\bdevice\b", path.read_text())}  # a test, or a fixture it takes
     assert using == set(gpu_suite.DEVICE_TEST_FILES)
 
 
@@ -26,7 +26,8 @@ def test_the_dry_run_takes_every_step(tmp_path):
                            str(tmp_path)], capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert done.returncode == 0, done.stdout + done.stderr
     summary = json.loads((tmp_path / "summary.json").read_text())
-    assert [(s["step"], s["exit_code"]) for s in summary["steps"]] == [("tests", 0), ("bench", 0), ("ask", 0)]
-    assert {"tests.xml", "bench_bf16.json", "bench_bf16.png", "bench_nf4.json", "ask_2_frames.json"} <= {
-        p.name for p in tmp_path.iterdir()}
+    assert [(s["step"], s["exit_code"]) for s in summary["steps"]] == [("tests", 0), ("bench", 0), ("ask", 0),
+                                                                        ("serve", 0)]
+    assert {"tests.xml", "bench_bf16.json", "bench_bf16.png", "bench_nf4.json", "ask_2_frames.json",
+            "serve_concurrency.json", "serve_concurrency.png"} <= {p.name for p in tmp_path.iterdir()}
     assert json.loads((tmp_path / "ask_2_frames.json").read_text())["quantize"] == "nf4"

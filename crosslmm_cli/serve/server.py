@@ -42,6 +42,11 @@ def create_app(engine: Engine) -> FastAPI:
         return JSONResponse(ApiError(500, f"internal error ({type(error).__name__}); see the server log",
                                      type="server_error").body(), status_code=500)
 
+    def planned_and_loaded(chat):
+        job = engine.plan(chat)
+        engine.load(job)
+        return job
+
     def authorize(request: Request) -> None:
         if settings.api_key is None:
             return
@@ -75,9 +80,8 @@ def create_app(engine: Engine) -> FastAPI:
             raise ApiError(400, f"the request body is not valid JSON ({error})") from None
         chat = parse_request(data)
         ticket = engine.admit()
-        try:  # in threads: paths are checked on disk, media decoded
-            job = await run_in_threadpool(engine.plan, chat)
-            await run_in_threadpool(engine.load, job)
+        try:  # in a thread (one hop: each costs a wait for the event loop): paths checked on disk, media decoded
+            job = await run_in_threadpool(planned_and_loaded, chat)
         except BaseException:
             ticket.release()
             raise
