@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterable, Iterator
 import torch
 import torch.nn.functional as F
 from transformers import DynamicCache, LogitsProcessorList
+from transformers.generation.logits_process import SuppressTokensLogitsProcessor
 
 from .cache_keyword import cache_argument, output_cache
 from .cross_attention import VisualMemory
@@ -257,19 +258,33 @@ class ContinuousBatch:
         self._choose(self.rows, output.logits[:, -1], events)
 
     def _choose(self, rows: list[Sequence], logits: torch.Tensor, events: list) -> None:
-        """Pick each row's next token from its logits (B, V) as generate() does, and record it."""
+        """Pick each row's next token from its logits (B, V) as generate() does, and record it.
+        Greedy rows whose processors do not read the ids (only the suppressed placeholder: the
+        common case) are picked together, with one transfer of their tokens; the others one by one."""
         logits = logits.float()
-        for row, scores in zip(rows, logits):
-            if row.finished:
+        chosen: dict[int, int] = {}
+        together: dict[tuple, list[int]] = {}  # suppressed tokens -> the rows picked together
+        for i, row in enumerate(rows):
+            if not row.finished and _ignores_ids(row):
+                together.setdefault(_suppressed(row), []).append(i)
+        for indices in together.values():
+            scores = logits[indices]
+            for processor in rows[indices[0]]._processors:
+                scores = processor(None, scores)
+            chosen.update(zip(indices, scores.argmax(dim=-1).tolist()))
+        for i, (row, scores) in enumerate(zip(rows, logits)):
+            if row.finished or i in chosen:
                 continue
             ids, scores = torch.tensor([row._ids], device=self.device), scores[None]
             for processor in row._processors:  # as LogitsProcessorList does, without its per-call signature check
                 scores = processor(ids, scores)
             if row.settings.temperature > 0:
-                token = int(torch.multinomial(F.softmax(scores, dim=-1), 1, generator=row._generator))
+                chosen[i] = int(torch.multinomial(F.softmax(scores, dim=-1), 1, generator=row._generator))
             else:
-                token = int(scores.argmax(dim=-1))
-            self._record(row, token, events)
+                chosen[i] = int(scores.argmax(dim=-1))
+        for i, row in enumerate(rows):
+            if i in chosen:
+                self._record(row, chosen[i], events)
 
     def _record(self, row: Sequence, token: int, events: list) -> None:
         row._ids.append(token)
@@ -322,6 +337,16 @@ class ContinuousBatch:
             layer.keys, layer.values = layer.keys[index, :, first:], layer.values[index, :, first:]
         self.rows = [self.rows[i] for i in keep]
         self._restack()
+
+
+def _ignores_ids(row: Sequence) -> bool:
+    """Greedy, with no processor but the suppression of tokens (which reads only the scores)."""
+    return row.settings.temperature == 0 and all(
+        isinstance(processor, SuppressTokensLogitsProcessor) for processor in row._processors)
+
+
+def _suppressed(row: Sequence) -> tuple[tuple[int, ...], ...]:
+    return tuple(tuple(processor.suppress_tokens.tolist()) for processor in row._processors)
 
 
 def _cached_length(cache) -> int:
