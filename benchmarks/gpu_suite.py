@@ -1,4 +1,5 @@
-"""Everything only a GPU can show, in one command that ends within 10 minutes on an H100/H200.
+"""Everything only a GPU can show, in one command that ends within 12 minutes on an H100/H200 (or in
+two calls of at most 10: ``--steps tests,bench,ask``, then ``--steps serve``).
 
     python benchmarks/gpu_suite.py               # on a CUDA machine
     python benchmarks/gpu_suite.py --dry-run     # any machine: tiny preset, 2 frames, CPU, every step and path

@@ -4,7 +4,7 @@ Two real `crosslmm serve` servers on the same checkpoint: the default (up to ``-
 answers generated together) and ``--max-batch-size 1`` (one answer at a time, as the server was
 before). At each level of 1, 4 and 16 concurrent clients, ``--requests`` streamed questions over 4
 videos (each question distinct, every video encoded before timing starts), through the official
-`openai` client; levels and servers alternate round by round (A, B, A, B, ...). Per server and level:
+`openai` client (its async client, in one event loop); levels and servers alternate round by round (A, B, A, B, ...). Per server and level:
 requests/s and generated tokens/s, p50 latency and p50 time to first token (the first content chunk,
 timed by the client). Every answer must equal the one-at-a-time server's (greedy).
 
@@ -18,6 +18,7 @@ client, p50 time to first token <= 4x one client's; on a GPU, 16 clients >= 8x o
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import platform
@@ -26,11 +27,12 @@ import subprocess
 import sys
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
+
+from openai import AsyncOpenAI  # noqa: E402
 
 from benchmarks.serve_benchmark import MODEL, Server  # noqa: E402
 from crosslmm_cli.synthetic_video import index_frames, write_video  # noqa: E402
@@ -38,15 +40,15 @@ from crosslmm_cli.synthetic_video import index_frames, write_video  # noqa: E402
 VIDEOS = 4
 
 
-def stream_one(server: Server, number: int, frames: int, max_tokens: int) -> dict:
+async def stream_one(client: AsyncOpenAI, number: int, frames: int, max_tokens: int) -> dict:
     """One streamed question (the ``number``-th): its answer, tokens, latency and time to first token."""
     messages = [{"role": "user", "content": [{"type": "video_url", "video_url": {"url": f"v{number % VIDEOS}.mp4"}},
                                              {"type": "text", "text": f"Question {number}: what happens next?"}]}]
     began, first, text, tokens = time.perf_counter(), None, [], 0
-    stream = server.client.chat.completions.create(
+    stream = await client.chat.completions.create(
         model=MODEL, messages=messages, max_tokens=max_tokens, temperature=0, stream=True,
         stream_options={"include_usage": True}, extra_body={"video_sampling": {"frames": frames}})
-    for chunk in stream:
+    async for chunk in stream:
         if chunk.usage is not None:
             tokens = chunk.usage.completion_tokens
         if chunk.choices and chunk.choices[0].delta.content:
@@ -58,13 +60,22 @@ def stream_one(server: Server, number: int, frames: int, max_tokens: int) -> dic
 
 
 def run_level(server: Server, clients: int, requests: int, frames: int, max_tokens: int, offset: int) -> dict:
-    """``requests`` questions from ``clients`` concurrent clients, each asking its share in turn."""
+    """``requests`` questions from ``clients`` concurrent clients, each asking its share in turn (one
+    asyncio loop with the official async client, as vLLM's serving benchmark drives its server: no
+    client threads competing for the interpreter while they time chunks)."""
     numbers = list(range(offset, offset + requests))
     shares = [numbers[i::clients] for i in range(clients)]
+
+    async def run() -> list[dict]:
+        async with AsyncOpenAI(base_url=f"http://127.0.0.1:{server.port}/v1", api_key="none", max_retries=0,
+                               timeout=3600) as client:
+            async def ask_in_turn(share: list[int]) -> list[dict]:
+                return [await stream_one(client, number, frames, max_tokens) for number in share]
+
+            return [r for done in await asyncio.gather(*map(ask_in_turn, shares)) for r in done]
+
     began = time.perf_counter()
-    with ThreadPoolExecutor(clients) as pool:
-        results = [r for share in pool.map(lambda s: [stream_one(server, n, frames, max_tokens) for n in s], shares)
-                   for r in share]
+    results = asyncio.run(run())
     seconds = time.perf_counter() - began
     return {"seconds": seconds, "requests_per_s": requests / seconds,
             "tokens_per_s": sum(r["tokens"] for r in results) / seconds,
