@@ -132,6 +132,7 @@ class Engine:
         self.inbox: queue.SimpleQueue[Job | None] = queue.SimpleQueue()  # submitted jobs, in order
         self.active: list[Job] = []  # jobs whose answers are in the batch
         self._next: Job | None = None  # taken from the inbox, waiting for room in the batch
+        self._closing = threading.Event()
         self.context = model.config.text_config.max_position_embeddings
         self.max_prompt_tokens = min(settings.max_prompt_tokens or self.context, self.context)
         self._lock = threading.Lock()
@@ -273,14 +274,13 @@ class Engine:
 
     def _schedule(self) -> None:
         """The scheduler thread, the only one that runs the model: take waiting jobs while the batch
-        has room for all their answers, run one step of the batch, hand out what it produced."""
-        while True:
-            idle = not len(self.batch)
-            if not self._take_jobs(block=idle):
-                return
-            if not len(self.batch):
-                continue
+        has room for all their answers, run one step of the batch, hand out what it produced. An
+        error fails the jobs it touched (500) and the scheduler goes on with the next ones."""
+        while not self._closing.is_set():
             try:
+                self._take_jobs(block=not len(self.batch))
+                if not len(self.batch):
+                    continue
                 for sequence, text in self.batch.step():
                     self._handle(sequence, text)
             except Exception as error:  # every job in the batch fails; the next ones start afresh
@@ -295,38 +295,33 @@ class Engine:
                     for sequence in job.sequences:
                         sequence.cancel()
 
-    def _take_jobs(self, block: bool) -> bool:
-        """Move waiting jobs into the batch while their answers fit; False once the engine closes."""
-        while True:
+    def _take_jobs(self, block: bool) -> None:
+        """Move waiting jobs into the batch while their answers fit (waiting for one when ``block``)."""
+        while not self._closing.is_set():
             if self._next is None:
                 try:
                     self._next = self.inbox.get(block=block)
                 except queue.Empty:
-                    return True
+                    return
             job = self._next
-            if job is None:
-                return False
+            if job is None:  # close() woke the scheduler
+                self._next = None
+                return
             if job.cancelled.is_set():
                 self._next = None
                 job._ticket.release()
                 continue
             if len(self.batch) and len(self.batch) + job.n > self.settings.max_batch_size:
-                return True  # it waits until enough answers are done
+                return  # it waits until enough answers are done
             self._next, block = None, False
+            self.active.append(job)  # before its sequences exist: a failure while starting it fails it too
             self._start(job)
 
     def _start(self, job: Job) -> None:
         job._ticket.start()
         job._emit(Started())
         job.began = time.perf_counter()
-        try:
-            memory = self._encoded(job)
-        except Exception as error:
-            log.exception("encoding the video failed")
-            job._emit(Failed(ApiError(500, f"encoding the video failed ({type(error).__name__}); see the server log",
-                                      type="server_error", code="internal_error")))
-            job._ticket.release()
-            return
+        memory = self._encoded(job)
         for index in range(job.n):
             sampling = job.sampling
             if sampling.seed is not None and index:
@@ -338,7 +333,6 @@ class Engine:
             sequence = Sequence(job.inputs["input_ids"], memory, sampling, prefix_cache=cache, tag=(job, index))
             job.sequences.append(sequence)
             self.batch.add(sequence)
-        self.active.append(job)
 
     def _handle(self, sequence: Sequence, text: str) -> None:
         job, index = sequence.tag
@@ -414,5 +408,6 @@ class Engine:
 
     def close(self) -> None:
         """Stop after the step in progress; jobs still running or waiting are dropped."""
-        self.inbox.put(None)
+        self._closing.set()
+        self.inbox.put(None)  # wakes a scheduler waiting for work
         self.scheduler.join()

@@ -384,6 +384,24 @@ def test_metrics_parse_as_prometheus_text_in_vllms_names(server, client):
     assert {"running", "waiting", "batch_size"} <= set(engine.health())
 
 
+def test_a_failed_step_answers_500_and_the_server_goes_on(server, client):
+    """A model error fails the requests it touched with an OpenAI-shaped 500; the scheduler lives."""
+    _, engine, _ = server
+
+    def fail(*_):
+        raise RuntimeError("a device error")
+
+    hook = engine.model.register_forward_pre_hook(fail)
+    try:
+        with pytest.raises(openai.InternalServerError) as failed:
+            client.chat.completions.create(model="tiny", messages=ask_video("a.mp4", "Hi?"), max_tokens=2)
+        assert failed.value.body["code"] == "internal_error" and "RuntimeError" in failed.value.body["message"]
+    finally:
+        hook.remove()
+    assert client.chat.completions.create(model="tiny", messages=ask_video("a.mp4", "Hi?"), max_tokens=2).choices
+    assert engine.admitted == 0 and engine.scheduler.is_alive()
+
+
 def test_retry_after_counts_only_answered_jobs(server):
     """A cancelled job ends in a moment; it must not pull the estimate of the wait towards zero."""
     _, engine, _ = server
