@@ -2,22 +2,23 @@
 
 A :class:`Sequence` is one answer to generate (a prompt, its video's :class:`VisualMemory`, its
 sampling settings). :class:`ContinuousBatch` runs them the way vLLM's scheduler does, with
-transformers' ``DynamicCache`` as the key/value store:
+transformers' ``DynamicCache`` as the key/value store. A step is one of two kinds:
 
-* **Admission at step boundaries.** Each :meth:`ContinuousBatch.step` first prefills waiting
-  sequences (up to ``max_batch_size`` running, and about ``prefill_tokens`` prompt tokens per step, so
-  a burst of arrivals is spread over steps that also decode the running ones). A prefill runs alone
-  (batch 1): its keys/values, first token and T2V keys/values are those ``generate()`` computes, and
-  a cached prefix of its prompt (a follow-up, a shared video) is extended, not recomputed.
-* **One decoding step for every running sequence.** The rows' caches are left-padded to one length
-  and the attention mask hides the padding; each row gets its own positions (RoPE is applied before
-  keys are cached, so padding moves nothing). The videos are stacked with :meth:`VisualMemory.stack`:
-  a row's T2V reads only its own video's tokens, the padding of shorter videos is masked.
-* **Retirement at once.** A row that ends (end of answer, stop string, length, cancelled) leaves
-  the batch in the same step; padding columns no remaining row needs are cut.
+* **A prefill step**, when sequences are waiting and the batch has room (``max_batch_size`` rows,
+  about ``prefill_tokens`` prompt tokens per step): the waiting ones are prefilled together, in one
+  forward (two when some have their video in the tokens to compute and others in a cached prefix),
+  each row's cached prefix and new tokens left-padded; their first tokens are chosen and they join
+  the batch. Alone, a sequence is prefilled exactly as ``generate()`` prefills it.
+* **A decoding step** otherwise, for every running sequence: the rows' caches are left-padded to one
+  length and the attention mask hides the padding; each row gets its own positions (RoPE is applied
+  before keys are cached, so padding moves nothing). The videos are stacked with
+  :meth:`VisualMemory.stack`: a row's T2V reads only its own video's tokens, the padding of shorter
+  videos is masked.
 
-Logits are processed per row by the processors ``generate()`` builds for the row's settings, and a
-seeded row samples from its own generator, so a seeded answer does not depend on its neighbours."""
+A row that ends (end of answer, stop string, length, cancelled) leaves the batch in the step it
+ends, and padding columns no remaining row needs are cut. Logits are processed per row by the
+processors ``generate()`` builds for the row's settings, and a seeded row samples from its own
+generator, so a seeded answer does not depend on its neighbours."""
 
 from __future__ import annotations
 
@@ -61,6 +62,7 @@ class Sequence:
         self._pieces: TextPieces | None = None
         self._stops = StopCut(settings.stop)
         self._processors: LogitsProcessorList | None = None
+        self._picked_with: tuple | None = None  # rows with the same key are picked together (see _choose)
         self._generator: torch.Generator | None = None
 
     @property
@@ -191,6 +193,9 @@ class ContinuousBatch:
             logits_processor=LogitsProcessorList(), device=str(self.device), model_kwargs={})
         if settings.seed is not None and settings.temperature > 0:
             sequence._generator = torch.Generator(self.device).manual_seed(settings.seed)
+        if settings.temperature == 0 and all(isinstance(p, SuppressTokensLogitsProcessor) for p in sequence._processors):
+            # greedy, and its processors read the scores only: picked with the rows suppressing the same tokens
+            sequence._picked_with = tuple(tuple(p.suppress_tokens.tolist()) for p in sequence._processors)
         sequence._pieces = TextPieces(self.tokenizer)
 
     def _stacked_prefix(self, group: list[Sequence], width: int) -> DynamicCache:
@@ -265,8 +270,8 @@ class ContinuousBatch:
         chosen: dict[int, int] = {}
         together: dict[tuple, list[int]] = {}  # suppressed tokens -> the rows picked together
         for i, row in enumerate(rows):
-            if not row.finished and _ignores_ids(row):
-                together.setdefault(_suppressed(row), []).append(i)
+            if not row.finished and row._picked_with is not None:
+                together.setdefault(row._picked_with, []).append(i)
         for indices in together.values():
             scores = logits[indices]
             for processor in rows[indices[0]]._processors:
@@ -324,7 +329,7 @@ class ContinuousBatch:
         if len(keep) == len(self.rows):
             return
         for i, row in enumerate(self.rows):
-            if row.finished:
+            if row.finished and row.finish_reason != "cancelled":
                 row.cache = _row_cache(self._cache, self._mask, i)
         if not keep:
             self.rows, self._cache, self._mask, self._memory = [], None, None, None
@@ -339,16 +344,6 @@ class ContinuousBatch:
         self._restack()
 
 
-def _ignores_ids(row: Sequence) -> bool:
-    """Greedy, with no processor but the suppression of tokens (which reads only the scores)."""
-    return row.settings.temperature == 0 and all(
-        isinstance(processor, SuppressTokensLogitsProcessor) for processor in row._processors)
-
-
-def _suppressed(row: Sequence) -> tuple[tuple[int, ...], ...]:
-    return tuple(tuple(processor.suppress_tokens.tolist()) for processor in row._processors)
-
-
 def _cached_length(cache) -> int:
     return cache.get_seq_length() if cache is not None else 0
 
@@ -356,7 +351,7 @@ def _cached_length(cache) -> int:
 def _row_cache(cache: DynamicCache, mask: torch.Tensor, row: int) -> DynamicCache:
     """Row ``row``'s keys/values without its padding, as a batch-1 cache."""
     columns = mask[row].bool()
-    return DynamicCache([(layer.keys[row:row + 1, :, columns].clone(), layer.values[row:row + 1, :, columns].clone())
+    return DynamicCache([(layer.keys[row:row + 1, :, columns], layer.values[row:row + 1, :, columns])  # copies
                          for layer in cache.layers])
 
 

@@ -94,7 +94,7 @@ class VisualMemory:
     cache_kv: bool = False
     t2v_kv: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
     _per_video: torch.Tensor | None = field(default=None, repr=False)
-    _mask: tuple[torch.Tensor | None] | None = field(default=None, repr=False)
+    _mask: tuple[torch.Tensor | None] | None = field(default=None, repr=False)  # (mask or None,) once worked out
 
     @property
     def batch_size(self) -> int:

@@ -135,6 +135,7 @@ class _TokenStreamer(TextIteratorStreamer):
     (:class:`TextPieces`), and noting when the first new token arrived."""
 
     first_token_at: float | None = None
+    pieces: TextPieces | None = None  # made when the prompt has gone by
 
     def put(self, value: torch.Tensor) -> None:
         if self.skip_prompt and self.next_tokens_are_prompt:
@@ -148,8 +149,7 @@ class _TokenStreamer(TextIteratorStreamer):
             self.on_finalized_text(piece)
 
     def end(self) -> None:
-        pieces = getattr(self, "pieces", None)
-        self.on_finalized_text(pieces.flush() if pieces else "", stream_end=True)
+        self.on_finalized_text(self.pieces.flush() if self.pieces else "", stream_end=True)
 
 
 class AnswerStream:

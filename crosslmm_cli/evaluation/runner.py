@@ -164,7 +164,7 @@ def run_model(settings: EvalSettings, task: Task, docs: list[Doc], path: Path,
     batch_size = settings.batch_size or default_batch_size(pick_device(settings.device))
     model, processor, quantize = prepare_model(ask_settings)
     batch = ContinuousBatch(model, processor.tokenizer, max_batch_size=batch_size)
-    decode_seconds = []
+    groups, decode_seconds, prefill_seconds = by_video(docs), [], []
 
     def questions() -> Iterator[Sequence]:
         """Each question as it is about to join the batch; a video that does not decode is recorded."""
@@ -182,8 +182,6 @@ def run_model(settings: EvalSettings, task: Task, docs: list[Doc], path: Path,
                 inputs = session.first_question_inputs(prompt)
                 yield Sequence(inputs["input_ids"], session.memory, ask_settings.sampling, tag=(doc, prompt))
 
-    groups = by_video(docs)
-    prefill_seconds = []
     for sequence in generate_all(batch, questions()):
         doc, prompt = sequence.tag
         prefill_seconds.append(sequence.first_token_at - sequence.prefill_began_at)
