@@ -1,8 +1,9 @@
 """Continuous batching: many answers generated together, one decoding step for all of them at a time.
 
 A :class:`Sequence` is one answer to generate (a prompt, its video's :class:`VisualMemory`, its
-sampling settings). :class:`ContinuousBatch` runs them the way vLLM's scheduler does, with
-transformers' ``DynamicCache`` as the key/value store. A step is one of two kinds:
+sampling settings). :class:`ContinuousBatch` runs them the way vLLM's V0 scheduler does (and
+transformers' ``PrefillFirstScheduler``), with transformers' ``DynamicCache`` as the key/value
+store. A step is one of two kinds:
 
 * **A prefill step**, when sequences are waiting and the batch has room (``max_batch_size`` rows,
   about ``prefill_tokens`` prompt tokens per step): the waiting ones are prefilled together, in one
@@ -110,8 +111,7 @@ class ContinuousBatch:
         """Prefill the waiting sequences that fit (their first tokens), or, when none is waiting or
         fits, one decoding step for every running sequence: ``(sequence, new text)`` for each
         sequence that produced text or ended (check ``sequence.finished``). A prefill step does not
-        decode, so a new arrival's first token is not held back by a decoding forward (vLLM's
-        scheduler orders its steps the same way)."""
+        decode, so a new arrival's first token is not held back by a decoding forward."""
         events: list[tuple[Sequence, str]] = []
         if not self._admit(events) and self.rows:
             self._decode(events)
