@@ -4,7 +4,7 @@ Two real `crosslmm serve` servers on the same checkpoint: the default (up to ``-
 answers generated together) and ``--max-batch-size 1`` (one answer at a time, as the server was
 before). At each level of 1, 4 and 16 concurrent clients, ``--requests`` streamed questions over 4
 videos (each question distinct, every video encoded before timing starts), through the official
-`openai` client (its async client, in one event loop); levels and servers alternate round by round (A, B, A, B, ...). Per server and level:
+`openai` client (its async client, in one event loop); levels and servers alternate round by round (A B, then B A, ...). Per server and level:
 requests/s and generated tokens/s, p50 latency and p50 time to first token (the first content chunk,
 timed by the client). Every answer must equal the one-at-a-time server's (greedy).
 
@@ -137,7 +137,8 @@ def main() -> None:
             for round_number in range(args.rounds):
                 for clients in levels:
                     offset = (round_number * len(levels) + levels.index(clients)) * args.requests
-                    for name, server in servers.items():  # alternated: A, B, A, B, ...
+                    pairs = list(servers.items())
+                    for name, server in pairs if round_number % 2 == 0 else pairs[::-1]:  # alternated: A B, B A, ...
                         result = run_level(server, clients, args.requests, args.frames, args.max_tokens, offset)
                         runs[name][str(clients)].append(result)
                         print(f"round {round_number} {name:14s} {clients:2d} clients: {result['requests_per_s']:.2f} req/s "
