@@ -244,10 +244,10 @@ def test_concurrent_clients_get_the_answers_of_one_at_a_time_generated_together(
                                              extra_body={"video_sampling": {"frames": 2}}).choices[0].message.content
 
     expected = [ask(q) for q in questions]
-    sizes, asking = [], threading.Event()
+    sizes, done = [], threading.Event()
 
     def watch():
-        while not asking.is_set():
+        while not done.is_set():
             sizes.append(server[1].health()["batch_size"])
             time.sleep(0.005)
 
@@ -255,7 +255,7 @@ def test_concurrent_clients_get_the_answers_of_one_at_a_time_generated_together(
     watcher.start()
     with ThreadPoolExecutor(4) as pool:
         together = list(pool.map(ask, questions * 3))
-    asking.set()
+    done.set()
     watcher.join()
     assert together == expected * 3
     assert max(sizes) > 1  # they were generated together
@@ -277,6 +277,36 @@ def test_a_client_that_leaves_stops_its_generation(server, media):
     assert engine.admitted == 0
     assert not any(t.name == "crosslmm-generate" and t.is_alive() for t in threading.enumerate())
     assert calls["forward"] - before < 3000 / 2  # stopped long before max_tokens
+
+
+def test_a_client_that_leaves_mid_batch_stops_only_its_own_answer(server, media):
+    """Two long answers generated together; one client hangs up after a few chunks: its answer
+    leaves the batch and the other's is the one it gets alone."""
+    url, engine, _ = server
+    alone = OpenAI(base_url=url + "/v1", api_key=KEY, max_retries=0, timeout=120)
+    kept_request = dict(model="tiny", messages=ask_video("sub/b.mp4", "Describe it all."), max_tokens=200,
+                        extra_body={"video_sampling": {"frames": 2}})
+    answered = alone.chat.completions.create(**kept_request)
+    assert answered.usage.completion_tokens == 200  # long enough to outlast the hang-up
+    expected = answered.choices[0].message.content
+    request = urllib.request.Request(url + "/v1/chat/completions", method="POST", headers={
+        "Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}, data=json.dumps({
+            "model": "tiny", "messages": ask_video("a.mp4", "Tell a long story."), "max_tokens": 3000,
+            "stream": True}).encode())
+    with ThreadPoolExecutor(1) as pool:
+        with urllib.request.urlopen(request, timeout=30) as leaving:
+            leaving.readline()  # its role chunk: it is in the batch
+            kept = pool.submit(alone.chat.completions.create, **kept_request)
+            deadline = time.monotonic() + 30
+            while engine.health()["batch_size"] < 2 and time.monotonic() < deadline:
+                time.sleep(0.005)
+            assert engine.health()["batch_size"] == 2
+        deadline = time.monotonic() + 20  # hung up
+        while engine.health()["batch_size"] == 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert not kept.done()  # the long story left while the other answer was still being generated
+        assert kept.result().choices[0].message.content == expected
+    assert engine.admitted == 0
 
 
 def test_a_full_queue_answers_429_with_retry_after(server, client):
