@@ -148,21 +148,28 @@ class VisualMemory:
         if not self.t2v_kv:
             self.per_video()
 
+    def _frame_mask(self) -> torch.Tensor | None:
+        """(B, T) bool: each sample's real frames, padded to the longest video (None when every
+        sample has the same number of frames)."""
+        counts = self.num_frames.tolist()
+        if len(set(counts)) == 1:
+            return None
+        return torch.arange(max(counts), device=self.num_frames.device)[None] < self.num_frames[:, None]
+
     def memory_mask(self) -> torch.Tensor | None:
         """(B, M) bool: which of the padded per-sample memory positions are real tokens (None when
         every sample has the same number of frames)."""
         if self._mask is None:
-            counts = self.num_frames.tolist()
-            if len(set(counts)) > 1:
-                tokens, longest = self.originals.shape[1], max(counts)
-                frame_mask = torch.arange(longest, device=self.num_frames.device)[None] < self.num_frames[:, None]
-                mask = frame_mask[:, :, None].expand(-1, -1, tokens).reshape(len(counts), longest * tokens)
+            frame_mask = self._frame_mask()
+            if frame_mask is not None:
+                tokens = self.originals.shape[1]
+                mask = frame_mask[:, :, None].expand(-1, -1, tokens).reshape(frame_mask.shape[0], -1)
                 # a sample without frames would attend to nothing (NaN); let it see one zero token,
                 # its text mask keeps the result out of the residual stream
                 mask[self.num_frames == 0, 0] = True
-                self._mask = (mask,)
             else:
-                self._mask = (None,)
+                mask = None
+            self._mask = (mask,)
         return self._mask[0]
 
     def per_video(self) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -170,15 +177,13 @@ class VisualMemory:
         :meth:`memory_mask`."""
         if self._per_video is None:
             frames, tokens, width = self.originals.shape
-            counts = self.num_frames.tolist()
-            if len(set(counts)) == 1:
-                self._per_video = self.originals.reshape(len(counts), counts[0] * tokens, width)
+            frame_mask = self._frame_mask()
+            if frame_mask is None:
+                self._per_video = self.originals.reshape(self.batch_size, -1, width)
             else:
-                longest = max(counts)
-                padded = self.originals.new_zeros(len(counts), longest, tokens, width)
-                frame_mask = torch.arange(longest, device=self.num_frames.device)[None] < self.num_frames[:, None]
+                padded = self.originals.new_zeros(*frame_mask.shape, tokens, width)
                 padded[frame_mask] = self.originals
-                self._per_video = padded.view(len(counts), longest * tokens, width)
+                self._per_video = padded.view(self.batch_size, -1, width)
         return self._per_video, self.memory_mask()
 
 

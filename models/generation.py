@@ -91,15 +91,16 @@ class TextPieces:
 
     def add(self, ids: list[int]) -> str:
         self.ids.extend(ids)
-        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
-        if text.endswith("\ufffd"):
-            return ""
-        piece, self.printed = text[self.printed:], len(text)
-        return piece
+        return self._new_text(hold_half_character=True)
 
     def flush(self) -> str:
         """What is held back (half a character, shown as U+FFFD), once no more ids come."""
+        return self._new_text(hold_half_character=False)
+
+    def _new_text(self, hold_half_character: bool) -> str:
         text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+        if hold_half_character and text.endswith("\ufffd"):
+            return ""
         piece, self.printed = text[self.printed:], len(text)
         return piece
 
