@@ -109,10 +109,10 @@ def reference(checkpoint):
     processor = AutoProcessor.from_pretrained(checkpoint)
     model = AutoModelForImageTextToText.from_pretrained(checkpoint).eval()
 
-    def answer(messages: list[dict], frames: np.ndarray) -> str:
+    def answer(messages: list[dict], frames: np.ndarray, max_new_tokens: int = TOKENS) -> str:
         prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
         inputs = processor(text=prompt, videos=[frames])
-        sequences = model.generate(**inputs, max_new_tokens=TOKENS, do_sample=False)
+        sequences = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
         return processor.batch_decode(sequences[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)[0]
 
     return answer
@@ -279,16 +279,17 @@ def test_a_client_that_leaves_stops_its_generation(server, media):
     assert calls["forward"] - before < 3000 / 2  # stopped long before max_tokens
 
 
-def test_a_client_that_leaves_mid_batch_stops_only_its_own_answer(server, media):
+def test_a_client_that_leaves_mid_batch_stops_only_its_own_answer(server, media, reference):
     """Two long answers generated together; one client hangs up after a few chunks: its answer
-    leaves the batch and the other's is the one it gets alone."""
+    leaves the batch and the other's is transformers' generate()'s."""
     url, engine, _ = server
     alone = OpenAI(base_url=url + "/v1", api_key=KEY, max_retries=0, timeout=120)
     kept_request = dict(model="tiny", messages=ask_video("sub/b.mp4", "Describe it all."), max_tokens=200,
                         extra_body={"video_sampling": {"frames": 2}})
     answered = alone.chat.completions.create(**kept_request)
     assert answered.usage.completion_tokens == 200  # long enough to outlast the hang-up
-    expected = answered.choices[0].message.content
+    expected = reference(as_template(kept_request["messages"]), frames_of(media / "sub" / "b.mp4", 2), 200)
+    assert answered.choices[0].message.content == expected
     request = urllib.request.Request(url + "/v1/chat/completions", method="POST", headers={
         "Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}, data=json.dumps({
             "model": "tiny", "messages": ask_video("a.mp4", "Tell a long story."), "max_tokens": 3000,
@@ -357,17 +358,17 @@ def test_a_queued_stream_gets_its_first_chunk_when_its_generation_starts(checkpo
     assert done_when_role_came == answer.usage.completion_tokens
 
 
-def test_a_stream_joins_a_running_batch_and_both_answers_equal_their_sequential_ones(server, media):
+def test_a_stream_joins_a_running_batch_and_both_answers_equal_their_sequential_ones(server, media, reference):
     """With room in the batch, a request that arrives while a long answer is being generated starts
-    at once (its role chunk comes mid-answer) and neither answer changes."""
+    at once (its role chunk comes mid-answer) and both answers are transformers' generate()'s."""
     url, engine, _ = server
     alone = OpenAI(base_url=url + "/v1", api_key=KEY, max_retries=0, timeout=120)
     long_request = dict(model="tiny", messages=ask_video("a.mp4", "Tell a long story."), max_tokens=300,
                         extra_body={"video_sampling": {"frames": 2}})
     short_request = dict(model="tiny", messages=ask_video("sub/b.mp4", "Who is it?"), max_tokens=8,
                          extra_body={"video_sampling": {"frames": 3}})
-    long_alone = alone.chat.completions.create(**long_request).choices[0].message.content
-    short_alone = alone.chat.completions.create(**short_request).choices[0].message.content
+    long_alone = reference(as_template(long_request["messages"]), frames_of(media / "a.mp4", 2), 300)
+    short_alone = reference(as_template(short_request["messages"]), frames_of(media / "sub" / "b.mp4", 3), 8)
     before = engine.stats["completion_tokens"]
     with ThreadPoolExecutor(1) as pool:
         first = pool.submit(alone.chat.completions.create, **long_request)
