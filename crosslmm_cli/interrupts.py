@@ -2,12 +2,14 @@
 when SIGINT arrives; raised inside a finaliser (a ``__del__``, a generator closed by the garbage
 collector) it is reported as "ignored" and dropped, and the loop runs on. Under
 :func:`remembered_interrupts` the interrupt is raised as usual and also remembered, and the loop's
-``check()`` at each step raises it again if it was dropped."""
+``check()`` at each step raises it again if it was dropped. DataLoader workers stay quiet when an
+interrupt cuts a batch's hand-over short (:func:`quiet_abandoned_hand_overs`)."""
 
 from __future__ import annotations
 
 import contextlib
 import signal
+import sys
 import threading
 
 
@@ -36,3 +38,23 @@ def remembered_interrupts():
         yield interrupts
     finally:
         signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+# A DataLoader worker hands each tensor of a batch to the main process over a connection to the
+# worker's "resource sharer" thread (torch's file-descriptor sharing). When Ctrl-C stops the main
+# process in the middle of such a hand-over (or stops the worker), that thread finds the connection
+# broken and multiprocessing prints its traceback through sys.excepthook: the ConnectionResetError
+# or BrokenPipeError after the "interrupted" line. The main process reports why it stopped; a
+# worker has nothing to add about a batch nobody will take.
+ABANDONED_HAND_OVER = (BrokenPipeError, ConnectionResetError, EOFError)
+
+
+def quiet_abandoned_hand_overs() -> None:
+    """Called in each DataLoader worker: a broken hand-over to the main process prints nothing; any
+    other uncaught error still prints its traceback."""
+
+    def excepthook(kind, value, traceback):
+        if not issubclass(kind, ABANDONED_HAND_OVER):
+            sys.__excepthook__(kind, value, traceback)
+
+    sys.excepthook = excepthook

@@ -11,6 +11,7 @@ import torch
 
 from ..cores import usable_cores
 from ..errors import UserError
+from ..interrupts import quiet_abandoned_hand_overs
 from ..video.decode import decode_on_one_core
 from .data import Row, VideoQADataset, collate
 
@@ -56,6 +57,7 @@ def make_loader(rows: list[Row], processor, frames: int, batch_size: int, seed: 
 
 def decoding_worker(_worker_id: int) -> None:
     decode_on_one_core()  # the workers are the parallelism (torch's own threads there are 1 already)
+    quiet_abandoned_hand_overs()  # Ctrl-C: the main process's "interrupted" is the only line
 
 
 def take_problems(batch: dict, bad_videos: dict[int, str], strict: bool, report: Callable[[str], None]) -> None:

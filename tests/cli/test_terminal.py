@@ -117,15 +117,15 @@ def test_hub_kernels_are_the_users_opt_in(work, tmp_path):
     assert any("kernels" in path.split(os.sep) for path in seen["attention"])
 
 
-def ctrl_c(command: list[str], after, env: dict) -> subprocess.CompletedProcess:
-    """``command`` in a process group of its own, sent SIGINT as a terminal's Ctrl-C is (to the whole
-    group) once ``after()`` is true."""
+def ctrl_c(command: list[str], after, env: dict, to_group: bool = True) -> subprocess.CompletedProcess:
+    """``command`` in a process group of its own, sent SIGINT once ``after()`` is true: as a
+    terminal's Ctrl-C is (to the whole group), or as ``kill -INT`` is (to the main process only)."""
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
                                stdin=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + 120
     while not after() and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.2)
-    os.killpg(process.pid, signal.SIGINT)
+    (os.killpg if to_group else os.kill)(process.pid, signal.SIGINT)
     out, err = process.communicate(timeout=120)
     return subprocess.CompletedProcess(command, process.returncode, out, err)
 
@@ -134,13 +134,16 @@ def crosslmm(*args: str) -> list[str]:
     return [sys.executable, "-m", "crosslmm_cli.app", *args]
 
 
-def test_ctrl_c_ends_finetune_with_130_and_one_line(work, tmp_path):
+@pytest.mark.parametrize(("to_group", "steps"), [(True, 3), (False, 1)], ids=["group after 3 steps", "main after 1 step"])
+def test_ctrl_c_ends_finetune_with_130_and_one_line(work, tmp_path, to_group, steps):
     model, out = work / "tiny-ctrl-c", tmp_path / "run"
-    assert subprocess.run(crosslmm("init", "tiny", str(model)), capture_output=True, timeout=300).returncode == 0
+    if not model.exists():
+        assert subprocess.run(crosslmm("init", "tiny", str(model)), capture_output=True, timeout=300).returncode == 0
     metrics = out / "metrics.jsonl"
     done = ctrl_c(crosslmm("finetune", str(work), "--model", str(model), "--output", str(out), "--epochs", "100000",
                            "--frames", "2", "--workers", "2"),
-                  after=lambda: metrics.exists() and len(metrics.read_text().splitlines()) >= 3, env=user_environment(tmp_path))
+                  after=lambda: metrics.exists() and len(metrics.read_text().splitlines()) >= steps,
+                  env=user_environment(tmp_path), to_group=to_group)
     assert done.returncode == 130, done.stderr[-3000:]
     lines = [line for line in done.stderr.splitlines() if line.strip() and not re.fullmatch(OWN_LINES["finetune"][0], line)]
     assert lines == ["interrupted"], done.stderr[-3000:]
