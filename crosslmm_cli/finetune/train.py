@@ -182,9 +182,8 @@ def configure_stage(model, settings: FinetuneSettings):
                "lr": settings.lr}]
     if settings.train_vision:
         core.vision_tower.requires_grad_(True)
-        for unused in ("post_layernorm", "head"):  # the features are encoder layers' outputs: these never get a gradient
-            if getattr(core.vision_tower, unused, None) is not None:
-                getattr(core.vision_tower, unused).requires_grad_(False)
+        for unused in vision_parts_after_the_features(core):  # they never get a gradient
+            unused.requires_grad_(False)
         for name, p in core.vision_tower.named_parameters():
             # a key bias without position encoding adds one constant to every score of a query, which the
             # softmax cancels: its gradient is zero but for rounding, which Adam would blow up to lr-sized steps
@@ -192,6 +191,17 @@ def configure_stage(model, settings: FinetuneSettings):
                 p.requires_grad_(False)
         groups.append({"params": [p for p in core.vision_tower.parameters() if p.requires_grad], "lr": settings.vision_lr})
     return model, groups
+
+
+def vision_parts_after_the_features(core) -> list[torch.nn.Module]:
+    """The vision tower's modules that run after the layer whose output the model reads
+    (``vision_feature_layer``): the final norm, the pooling head, and any encoder layer past it."""
+    tower = core.vision_tower
+    after = [getattr(tower, name) for name in ("post_layernorm", "head") if getattr(tower, name, None) is not None]
+    layers = tower.encoder.layers if hasattr(tower, "encoder") else tower.vision_model.encoder.layers
+    feature_layer = core.config.vision_feature_layer  # an index into hidden_states: the embeddings, then each layer
+    used = feature_layer if feature_layer >= 0 else len(layers) + 1 + feature_layer
+    return after + list(layers[used:])
 
 
 def trained_tensor_names(model) -> list[str]:
@@ -350,7 +360,9 @@ def finetune(settings: FinetuneSettings, report: Callable[[str], None] = lambda 
     accelerator = Accelerator(
         gradient_accumulation_steps=settings.grad_accum, mixed_precision="bf16" if on_cuda else "no", cpu=not on_cuda,
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True), step_scheduler_with_optimizer=False,
-        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+        # configure_stage trains only what every forward reaches (a stage's unused parts stay frozen),
+        # so DDP need not search the graph for unused parameters after each backward
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=False)],
     )
     sharded = check_sharding(accelerator, settings.full)  # before any slow work
     set_seed(settings.seed)
