@@ -4,6 +4,15 @@ A frame's index is its position in presentation order and its time is its pts fr
 never ``t x average fps``. The index comes from the MP4 sample tables where the file has them
 (milliseconds), else from one pass over the stream's packets without decoding (PyAV: 0.37 s for an
 hour of 25 fps video, no pixel touched).
+
+Two kinds of file need more than the packets' timestamps:
+- Timestamps that restart mid-file (MPEG-TS recordings joined with ``cat``, broadcast captures,
+  concatenated HLS segments; any format FFmpeg flags AVFMT_TS_DISCONT): each run of timestamps is
+  a segment, placed after the one before it as players and the ffmpeg CLI do, and the index keeps
+  the offset each segment's timestamps get (``segment_offsets``).
+- An open GOP cut at its start: the first shown frames are leading pictures of the first keyframe
+  (RASL in HEVC and VVC) that refer to frames before the cut, and the decoder drops them. The index
+  lists only the frames a decode from the start shows.
 """
 
 from __future__ import annotations
@@ -24,6 +33,9 @@ class FrameIndex:
     keyframe: np.ndarray  # (N,) bool
     complete: bool  # False when the file ends before frames its header declares (truncated)
     declared_seconds: float  # how long the header says the video is
+    # (S,) pts ticks added to each timestamp segment's own pts to place it after the one before; a
+    # single 0 for a file whose timestamps never restart (``pts`` holds the placed timestamps)
+    segment_offsets: np.ndarray = field(default_factory=lambda: np.zeros(1, dtype=np.int64))
     seconds: np.ndarray = field(init=False, repr=False)  # (N,) float64, from the first frame
     keyframes: np.ndarray = field(init=False, repr=False)  # (K,) positions of the keyframes
 
@@ -36,6 +48,16 @@ class FrameIndex:
 
     def __len__(self) -> int:
         return len(self.pts)
+
+    @property
+    def restarts(self) -> bool:
+        """Whether the file's own timestamps restart somewhere (it cannot be seeked by them)."""
+        return len(self.segment_offsets) > 1
+
+    def keep(self, shown: np.ndarray) -> "FrameIndex":
+        """The index of the frames where ``shown`` (N,) is true."""
+        return FrameIndex(self.time_base, self.pts[shown], self.keyframe[shown], self.complete, self.declared_seconds,
+                          self.segment_offsets)
 
     @property
     def frame_seconds(self) -> float:
@@ -90,23 +112,54 @@ def build_index(path: str, container: av.container.InputContainer, stream: av.vi
     carries a timestamp."""
     track = mp4_index.read_track(path)
     if track is not None and len(track.pts) and Fraction(1, track.timescale) == stream.time_base:
-        return FrameIndex(stream.time_base, track.pts, track.keyframe, track.complete, track.declared_seconds)
-    return _scan(container, stream)
+        index = FrameIndex(stream.time_base, track.pts, track.keyframe, track.complete, track.declared_seconds)
+    else:
+        index = _scan(container, stream)
+    return None if index is None else _without_frames_never_shown(path, index)
+
+
+# AVFMT_TS_DISCONT: the format allows timestamp discontinuities (MPEG-TS, for one)
+TS_DISCONT = 0x0200
+# a forward jump in decoding timestamps this long is a discontinuity too (ffmpeg's -dts_delta_threshold)
+JUMP_SECONDS = 10.0
+
+
+def segment_offsets(dts: np.ndarray, time_base: Fraction) -> tuple[np.ndarray, np.ndarray]:
+    """Each packet's segment (P,) and each segment's offset (S,) in pts ticks, for decoding
+    timestamps ``dts`` (P,) in file order that may restart: a segment begins where the timestamps
+    go back, or leap forward by more than JUMP_SECONDS, and is placed one frame after the last
+    packet of the segment before it."""
+    gaps = np.diff(dts)
+    breaks = np.flatnonzero((gaps < 0) | (gaps > JUMP_SECONDS / float(time_base))) + 1
+    segment = np.zeros(len(dts), dtype=np.int64)
+    segment[breaks] = 1
+    segment = np.cumsum(segment)
+    steady = gaps[(gaps > 0) & ~np.isin(np.arange(1, len(dts)), breaks)]
+    frame = int(np.median(steady)) if len(steady) else 1
+    offsets = [0]
+    for start in breaks:
+        offsets.append(offsets[-1] + int(dts[start - 1]) + frame - int(dts[start]))
+    return segment, np.array(offsets, dtype=np.int64)
 
 
 def _scan(container, stream) -> FrameIndex | None:
-    pts, keyframe = [], []
+    pts, dts, keyframe = [], [], []
     for packet in container.demux(stream):
         if packet.size == 0 or packet.pts is None or packet.is_discard:
             continue
         pts.append(packet.pts)
+        dts.append(packet.dts)
         keyframe.append(packet.is_keyframe)
     if not pts:
         return None
     pts_array = np.array(pts, dtype=np.int64)
+    offsets = np.zeros(1, dtype=np.int64)
+    if container.format.flags & TS_DISCONT and None not in dts:
+        segment, offsets = segment_offsets(np.array(dts, dtype=np.int64), stream.time_base)
+        pts_array = pts_array + offsets[segment]
     order = np.argsort(pts_array, kind="stable")
     pts_array, keyframe_array = pts_array[order], np.array(keyframe, dtype=bool)[order]
-    index = FrameIndex(stream.time_base, pts_array, keyframe_array, True, 0.0)
+    index = FrameIndex(stream.time_base, pts_array, keyframe_array, True, 0.0, offsets)
     if stream.duration:
         declared = float(stream.duration * stream.time_base)
     elif container.duration:
@@ -116,7 +169,30 @@ def _scan(container, stream) -> FrameIndex | None:
         declared = container.duration / av.time_base - max(first, first - (container.start_time or 0) / av.time_base)
     else:
         declared = index.duration
+    if index.restarts:  # the header spans one segment's timestamps at best
+        declared = index.duration
     index.declared_seconds = declared
     # a cut file keeps its header: more than a second (or 5 %) missing is a truncation, not rounding
     index.complete = index.duration >= declared - max(1.0, 0.05 * declared)
     return index
+
+
+def _without_frames_never_shown(path: str, index: FrameIndex) -> FrameIndex:
+    """``index`` less the frames before its first keyframe that a decode from the start never shows
+    (the leading pictures of an open GOP cut at its start). Only a file whose first shown frame is
+    not a keyframe is decoded, up to that keyframe."""
+    from .container import decoded_frames, open_video  # (it imports nothing of this module)
+
+    flagged = np.flatnonzero(index.keyframe)
+    if len(flagged) == 0 or flagged[0] == 0:
+        return index
+    first_keyframe = int(index.pts[flagged[0]])
+    shown = set()
+    container, stream = open_video(path)
+    with container:
+        for frame in decoded_frames(container, stream):
+            shown.add(int(frame.pts))  # the first segment's own timestamps: its offset is 0
+            if frame.pts >= first_keyframe:
+                break
+    kept = (index.pts >= first_keyframe) | np.isin(index.pts, list(shown))
+    return index if kept.all() else index.keep(kept)

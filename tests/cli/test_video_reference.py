@@ -44,6 +44,11 @@ CLIPS = {
     "odd_9x7.mp4": ["-c:v", "libx264", "-pix_fmt", "yuv444p", "-vf", "scale=9:7", "-g", "10"],
     "tiny_1x1.mkv": ["-c:v", "ffv1", "-vf", "scale=1:1", "-g", "10"],
     "vvc.mp4": ["-c:v", "libvvenc", "-g", "10"],  # H.266: its first frames decode late
+    # open GOPs: frames shown before a keyframe refer to it (leading pictures)
+    "vvc_open_gop.mp4": ["-c:v", "libvvenc", "-g", "32"],  # the first 23 frames shown lead the first keyframe
+    "hevc_open_gop.mkv": ["-c:v", "libx265", "-x265-params",
+                          "keyint=32:min-keyint=32:open-gop=1:bframes=4:scenecut=0:log-level=error"],
+    "av1_open_gop.mkv": ["-c:v", "libsvtav1", "-pix_fmt", "yuv420p", "-g", "32", "-svtav1-params", "irefresh-type=1"],
 }
 # made from h264_bframes.mp4 / .mkv with stream copy: (input, arguments before -i, arguments after)
 DERIVED = {
@@ -52,6 +57,9 @@ DERIVED = {
     "rotated.mp4": ("h264_bframes.mp4", ["-display_rotation", "90"], ["-c", "copy"]),
     "rotated.mkv": ("h264_bframes.mkv", ["-display_rotation", "270"], ["-c", "copy"]),
     "faststart.mp4": ("h264_bframes.mp4", [], ["-c", "copy", "-movflags", "faststart"]),
+    # cut at a CRA: its leading pictures (RASL) refer to frames before the cut, and no decoder shows them
+    "hevc_open_gop_cut.ts": ("hevc_open_gop.mkv", ["-ss", "1.5"], ["-c", "copy"]),
+    "hevc_open_gop_cut.mkv": ("hevc_open_gop.mkv", ["-ss", "1.5"], ["-c", "copy"]),
 }
 TRUNCATED = {"truncated_faststart.mp4": "faststart.mp4", "truncated.mkv": "h264_bframes.mkv"}
 
@@ -206,3 +214,32 @@ def test_library_log_noise_stays_quiet(clips, capfd):
         read_frames(clips[name], SamplingRequest(num_frames=4, seek="exact"))
     captured = capfd.readouterr()
     assert captured.out == "" and captured.err == ""
+
+
+def test_timestamps_that_restart_are_played_one_segment_after_the_other(tmp_path):
+    """Two 4 s MPEG-TS recordings joined with ``cat`` (camera files, captures, HLS segments): both
+    start at the same timestamps. Reference: the ffmpeg CLI's decode of the file, every frame in
+    file order, as players show it. Both modes return that decode's frames at their positions,
+    timed as 8 s of video."""
+    halves = []
+    for number, flip in enumerate((False, True)):  # the second half upside down: no frame of it equals one of the first
+        raw = b"".join((index_frame(i, HEIGHT, WIDTH)[::-1] if flip else index_frame(i, HEIGHT, WIDTH)).tobytes()
+                       for i in range(FRAMES))
+        halves.append(tmp_path / f"{number}.ts")
+        subprocess.run([ffmpeg_exe(), "-v", "error", "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{WIDTH}x{HEIGHT}",
+                        "-r", "25", "-i", "pipe:", *X264_BFRAMES, str(halves[-1])], check=True, input=raw)
+    joined = tmp_path / "joined.ts"
+    joined.write_bytes(b"".join(half.read_bytes() for half in halves))
+    decoded = subprocess.run([ffmpeg_exe(), "-v", "error", "-i", str(joined), "-fps_mode", "passthrough", "-f", "rawvideo",
+                              "-pix_fmt", "rgb24", "-"], check=True, capture_output=True).stdout
+    reference = np.frombuffer(decoded, np.uint8).reshape(-1, HEIGHT, WIDTH, 3)
+    assert len(reference) == 2 * FRAMES
+    for seek in ("exact", "keyframe"):
+        info, frames = read_frames(joined, SamplingRequest(num_frames=9, seek=seek))
+        assert (info.frame_count, info.duration, info.warnings) == (2 * FRAMES, pytest.approx(2 * FRAMES / 25), [])
+        assert frames.timestamps == pytest.approx([p / 25 for p in frames.indices])
+        assert frames.indices == sorted(frames.indices) and frames.indices[-1] >= FRAMES  # both halves, in order
+        if seek == "exact":
+            assert frames.indices == [int(t * 25 + 1e-9) for t in frames.requested]
+        for got, position in zip(frames.pixels, frames.indices):
+            assert np.abs(got.astype(int) - reference[position].astype(int)).mean() < 1.0, (seek, position)
