@@ -13,7 +13,7 @@ from transformers.models.auto.modeling_auto import MODEL_MAPPING
 
 from .configuration import CrossLMMConfig
 from .cross_attention import CrossAttention, TanhGate
-from .modeling import CrossLMMForConditionalGeneration
+from .modeling import CrossLMMForConditionalGeneration, VideoSeparator
 from .pooling import MultiModalProjector
 from .presets import get_preset
 from .processing import CrossLMMProcessor, build_byte_tokenizer, ensure_video_token
@@ -40,7 +40,7 @@ def build_tiny(seed: int = 0, **options) -> tuple[CrossLMMForConditionalGenerati
     return build_random_preset("tiny", seed, **options)
 
 
-INIT_TYPES = (CrossAttention, TanhGate, MultiModalProjector)
+INIT_TYPES = (CrossAttention, TanhGate, MultiModalProjector, VideoSeparator)
 
 
 def _assemble(config: CrossLMMConfig, state_dict: dict[str, torch.Tensor], dtype: torch.dtype | None):
@@ -56,9 +56,6 @@ def _assemble(config: CrossLMMConfig, state_dict: dict[str, torch.Tensor], dtype
         if any(p.is_meta for p in module.parameters(recurse=False)):
             module.to_empty(device="cpu", recurse=False)
     initialised = set()
-    if "video_separator" in missing:
-        model._init_weights(model)  # initialises the separator alone
-        initialised.add("video_separator")
     for prefix, module in model.named_modules():
         own = {f"{prefix}.{name}" if prefix else name for name, _ in module.named_parameters()}
         if isinstance(module, INIT_TYPES) and own & missing:
@@ -113,7 +110,7 @@ def from_llava_onevision(
     state = {
         **_prefixed("vision_tower.", inner.vision_tower.state_dict()),
         **_prefixed("multi_modal_projector.", inner.multi_modal_projector.state_dict()),
-        "video_separator": inner.image_newline,
+        "video_separator.weight": inner.image_newline,
         **_prefixed("language_model.", language),
     }
     model = _assemble(config, {k: v.detach() for k, v in state.items()}, dtype)
@@ -196,7 +193,7 @@ def parameter_counts(config: CrossLMMConfig) -> dict[str, int]:
     total = sum(p.numel() for p in model.parameters())
     v2v = count([layer.cross_attn.v2v for layer in model.cross_attention_layers() if layer.cross_attn.v2v is not None])
     t2v = count([layer.cross_attn.t2v for layer in model.cross_attention_layers()])
-    projector = count([model.multi_modal_projector]) + model.video_separator.numel()
+    projector = count([model.multi_modal_projector]) + model.video_separator.weight.numel()
     return {
         "total": total,
         "vision": count([model.vision_tower]),

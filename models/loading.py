@@ -13,7 +13,7 @@ from transformers import AutoTokenizer, BitsAndBytesConfig
 from .configuration import CrossLMMConfig
 from .generation import stop_token_ids
 from .model_card import write_model_card
-from .modeling import CrossLMMForConditionalGeneration
+from .modeling import CrossLMMForConditionalGeneration, renamed_legacy_keys
 from .processing import CrossLMMProcessor
 
 QUANTIZE_MODES = ("nf4", "int8", "none")
@@ -139,7 +139,7 @@ def base_location(path: str | os.PathLike, base_checkpoint: str) -> str:
 def _load_partial(path, config: CrossLMMConfig, quantize: str, device, dtype) -> CrossLMMForConditionalGeneration:
     model = load_model(base_location(path, config.base_checkpoint), quantize=quantize, device=device, dtype=dtype,
                        tokens_per_frame=config.tokens_per_frame)
-    trained = load_file(os.path.join(path, PARTIAL_WEIGHTS), device=str(device))
+    trained = renamed_legacy_keys(load_file(os.path.join(path, PARTIAL_WEIGHTS), device=str(device)))
     state = model.state_dict()
     unknown = sorted(set(trained) - set(state))
     if unknown:

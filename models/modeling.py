@@ -4,6 +4,7 @@ carries a dual cross-attention (V2V, T2V) over the projected full-resolution fra
 from __future__ import annotations
 
 import math
+import re
 
 import torch
 from torch import nn
@@ -55,8 +56,26 @@ class CrossLMMPreTrainedModel(PreTrainedModel):
                 linear.weight.normal_(0.0, std)
                 if linear.bias is not None:
                     linear.bias.zero_()
-        elif isinstance(module, CrossLMMForConditionalGeneration):
-            module.video_separator.normal_(0.0, 1.0 / math.sqrt(module.video_separator.numel()))
+        elif isinstance(module, VideoSeparator):
+            module.weight.normal_(0.0, 1.0 / math.sqrt(module.weight.numel()))
+
+
+class VideoSeparator(nn.Module):
+    """LLaVA-OneVision's "image_newline": the learned embedding (D,) placed between frames. A module
+    of its own (weight ``video_separator.weight``), so that ``device_map`` places it like any other."""
+
+    def __init__(self, hidden_size: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(hidden_size))
+
+
+# checkpoints written before the separator was a module keep it under its parameter's old name
+LEGACY_NAMES = {"video_separator": "video_separator.weight"}
+
+
+def renamed_legacy_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``state`` with the old names of :data:`LEGACY_NAMES` replaced by today's."""
+    return {LEGACY_NAMES.get(name, name): tensor for name, tensor in state.items()}
 
 
 class CrossLMMForConditionalGeneration(CrossLMMPreTrainedModel, GenerationMixin):
@@ -68,8 +87,7 @@ class CrossLMMForConditionalGeneration(CrossLMMPreTrainedModel, GenerationMixin)
         super().__init__(config)
         self.vision_tower = AutoModel.from_config(config.vision_config)
         self.multi_modal_projector = MultiModalProjector(config)
-        # LLaVA-OneVision's "image_newline": the learned separator embedding between videos/frames
-        self.video_separator = nn.Parameter(torch.empty(config.text_config.hidden_size))
+        self.video_separator = VideoSeparator(config.text_config.hidden_size)
         self.language_model = AutoModelForCausalLM.from_config(config.text_config)
         insert_cross_attention(self.language_model, config)
         self.post_init()
@@ -78,8 +96,14 @@ class CrossLMMForConditionalGeneration(CrossLMMPreTrainedModel, GenerationMixin)
 
     @classmethod
     def from_pretrained(cls, *args, **kwargs):
+        legacy = {f"^{re.escape(old)}$": new for old, new in LEGACY_NAMES.items()}  # old checkpoints load too
+        kwargs["key_mapping"] = {**legacy, **(kwargs.get("key_mapping") or {})}
         loaded = super().from_pretrained(*args, **kwargs)  # the model, or (model, loading info)
-        keep_4bit_weights_as_saved(loaded[0] if isinstance(loaded, tuple) else loaded)
+        model = loaded[0] if isinstance(loaded, tuple) else loaded
+        # transformers keeps the renamings a load used and reverts them when saving: saves use today's names
+        model._weight_conversions = [conversion for conversion in getattr(model, "_weight_conversions", None) or []
+                                     if not set(conversion.source_patterns) <= set(legacy)] or None
+        keep_4bit_weights_as_saved(model)
         return loaded
 
     # ---- plumbing expected by transformers / peft ---------------------------------------------
@@ -154,7 +178,7 @@ class CrossLMMForConditionalGeneration(CrossLMMPreTrainedModel, GenerationMixin)
         belongs to: tokens (P, D), frame (P,) with -1 for separators."""
         pooled = memory.pooled  # (F, g², D)
         frames, per_frame, width = pooled.shape
-        separator = self.video_separator.to(pooled.dtype)
+        separator = self.video_separator.weight.to(pooled.dtype)
         frame_ids = torch.arange(frames, device=pooled.device)
         mode = self.config.frame_separator
         if mode == "frame":

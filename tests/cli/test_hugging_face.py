@@ -6,18 +6,22 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 from transformers import AutoConfig, AutoModel, AutoModelForImageTextToText, AutoProcessor
 from typer.testing import CliRunner
 
 import crosslmm
 from crosslmm import load_checkpoint, load_model, save_checkpoint
+from crosslmm.loading import save_partial_checkpoint
 from crosslmm_cli.app import app
 from crosslmm_cli.ask import MAX_SIDE
 from crosslmm_cli.checkpoint_files import weight_files
@@ -202,15 +206,51 @@ def test_device_map_with_max_memory_keeps_every_decoder_layer_whole(tiny_checkpo
 
     whole = load_model(tiny_checkpoint)
     limit = int(compute_module_sizes(whole)[""] * share)
-    placed = AutoModelForImageTextToText.from_pretrained(tiny_checkpoint, device_map="auto",
-                                                         max_memory={"cpu": limit, "disk": 10**12},
-                                                         offload_folder=str(tmp_path / "offload"))
-    assert "disk" in placed.hf_device_map.values()
+    with warnings.catch_warnings(record=True) as warned:
+        warnings.simplefilter("always")
+        placed = AutoModelForImageTextToText.from_pretrained(tiny_checkpoint, device_map="auto",
+                                                             max_memory={"cpu": limit, "disk": 10**12},
+                                                             offload_folder=str(tmp_path / "offload"))
+    # every weight sits in a module accelerate can place (the separator was once a bare parameter)
+    assert not [str(w.message) for w in warned if "device_map" in str(w.message)]
+    assert "disk" in placed.hf_device_map.values() and "video_separator" in placed.hf_device_map
     layers = [name for name in placed.hf_device_map if name.startswith("language_model.model.layers.")]
     assert layers and all(name.count(".") == 3 for name in layers), layers  # ...layers.N, never a part of one
     batch = AutoProcessor.from_pretrained(tiny_checkpoint)(question(), [random_video(2)])
     with torch.no_grad():
         torch.testing.assert_close(placed(**batch).logits, whole(**batch).logits)
+
+
+def with_the_old_separator_name(folder: Path, weights: str) -> None:
+    """Rewrite ``folder``'s ``weights`` as crosslmm wrote them before the separator was a module:
+    its tensor named ``video_separator``."""
+    tensors = load_file(folder / weights)
+    tensors["video_separator"] = tensors.pop("video_separator.weight")
+    save_file(tensors, folder / weights, metadata={"format": "pt"})
+
+
+def test_a_checkpoint_from_before_the_separator_module_loads_to_the_same_logits(tiny_open_checkpoint, tmp_path):
+    old = tmp_path / "old"
+    shutil.copytree(tiny_open_checkpoint, old)
+    with_the_old_separator_name(old, "model.safetensors")
+    assert "video_separator" in load_file(old / "model.safetensors")
+    today = load_model(tiny_open_checkpoint)
+    batch = AutoProcessor.from_pretrained(tiny_open_checkpoint)(question(), [random_video(2)])
+    with torch.no_grad():
+        expected = today(**batch).logits
+        for loaded in (load_model(old), AutoModelForImageTextToText.from_pretrained(old)):
+            torch.testing.assert_close(loaded.video_separator.weight, today.video_separator.weight, rtol=0, atol=0)
+            torch.testing.assert_close(loaded(**batch).logits, expected, rtol=0, atol=0)
+            loaded.save_pretrained(tmp_path / "saved again")  # with today's name
+            assert "video_separator.weight" in load_file(tmp_path / "saved again" / "model.safetensors")
+    # a fine-tuning run's output (its trained tensors beside a pointer to the base) from before
+    model, processor = load_checkpoint(tiny_open_checkpoint)
+    with torch.no_grad():
+        model.video_separator.weight.mul_(-1)  # trained: unlike the base's
+    partial = tmp_path / "partial"
+    save_partial_checkpoint(model, processor, partial, ["video_separator.weight"], str(tiny_open_checkpoint))
+    with_the_old_separator_name(partial, "trained.safetensors")
+    torch.testing.assert_close(load_model(partial).video_separator.weight, model.video_separator.weight, rtol=0, atol=0)
 
 
 def test_init_shards_at_the_size_asked_and_the_shards_load(tmp_path, videos):

@@ -48,7 +48,7 @@ def test_parameter_counts_match_a_built_model():
     counts = parameter_counts(config)
     model = build_random(config)
     assert counts["total"] == sum(p.numel() for p in model.parameters())
-    stage1 = sum(p.numel() for p in model.multi_modal_projector.parameters()) + model.video_separator.numel()
+    stage1 = sum(p.numel() for p in model.multi_modal_projector.parameters()) + model.video_separator.weight.numel()
     v2v = [layer.cross_attn.v2v for layer in model.cross_attention_layers()]
     assert v2v[-1] is None and all(module is not None for module in v2v[:-1])  # the last decoder layer (3) has none
     stage1 += sum(p.numel() for module in v2v[:-1] for p in module.parameters())
