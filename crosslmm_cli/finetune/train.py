@@ -457,7 +457,7 @@ def finetune(settings: FinetuneSettings, report: Callable[[str], None] = lambda 
                     step_samples += gather_object(samples)
                 else:
                     take_problems(batch, bad_videos, settings.strict, report)
-                with accelerator.accumulate(model):
+                with interrupts.deferred(), accelerator.accumulate(model):  # Ctrl-C waits for the step's end
                     loss = model(**batch).loss
                     accelerator.backward(loss)
                     grad_norm = None

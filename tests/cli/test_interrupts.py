@@ -39,6 +39,23 @@ def test_an_interrupt_dropped_by_a_finaliser_is_raised_at_the_next_check():
 
 
 
+def test_a_deferred_block_ends_before_a_first_interrupt_is_raised_and_a_second_is_raised_at_once():
+    finished = []
+    with remembered_interrupts() as interrupts:
+        with pytest.raises(KeyboardInterrupt):
+            with interrupts.deferred():
+                os.kill(os.getpid(), signal.SIGINT)  # its handler runs here: the block goes on
+                finished.append("step")
+        assert finished == ["step"]
+        interrupts.seen = False
+        with pytest.raises(KeyboardInterrupt):
+            with interrupts.deferred():
+                os.kill(os.getpid(), signal.SIGINT)
+                os.kill(os.getpid(), signal.SIGINT)  # pressed again: raised here
+                finished.append("never")
+        assert finished == ["step"]
+
+
 # A loop over a DataLoader whose workers start as the training loaders' do (their worker_init_fn);
 # each batch is 100 tensors, so 100 hand-overs through the workers' resource sharer per batch.
 LOOP = r"""
