@@ -247,6 +247,11 @@ def launched_as(accelerator, elastic: bool) -> dict:
     return launch if elastic else {"processes": accelerator.num_processes, **launch}
 
 
+def saved_settings(checkpoint: Path) -> dict:
+    """The run settings ``checkpoint`` was saved with."""
+    return json.loads((checkpoint / TRAINER_STATE).read_text()).get("settings", {})
+
+
 def check_resumable(checkpoint: Path, settings: FinetuneSettings, launch: dict) -> dict:
     """The trainer state of ``checkpoint``; :class:`UserError` when this run's settings differ from
     the ones it was saved with in a way that would change the model, the data order or the schedule,
@@ -355,7 +360,10 @@ def finetune(settings: FinetuneSettings, report: Callable[[str], None] = lambda 
 
     on_cuda = settings.device.startswith("cuda")
     elastic = settings.sources is not None
+    last_checkpoint = latest_checkpoint(settings)
     if elastic:
+        if settings.resume and settings.global_batch is None and last_checkpoint is not None:
+            settings.global_batch = saved_settings(last_checkpoint).get("global_batch")  # what the run kept
         settings.fit_global_batch(PartialState(cpu=not on_cuda).num_processes)
     accelerator = Accelerator(
         gradient_accumulation_steps=settings.grad_accum, mixed_precision="bf16" if on_cuda else "no", cpu=not on_cuda,
@@ -366,7 +374,6 @@ def finetune(settings: FinetuneSettings, report: Callable[[str], None] = lambda 
     )
     sharded = check_sharding(accelerator, settings.full)  # before any slow work
     set_seed(settings.seed)
-    last_checkpoint = latest_checkpoint(settings)
     if settings.resume and last_checkpoint is None:
         raise UserError(f"--resume: {settings.checkpoints} holds no checkpoint to resume from")
     if not settings.resume and last_checkpoint is not None:
@@ -428,6 +435,10 @@ def finetune(settings: FinetuneSettings, report: Callable[[str], None] = lambda 
     if resumed_state is not None:
         load_training_state(accelerator, last_checkpoint)
         step, start_epoch, skip = resumed_state["step"], resumed_state["epoch"], resumed_state["batches_in_epoch"]
+        # accelerate restores its count of micro-batches and syncs gradients when the count is a multiple
+        # of the accumulation: counted with this run's accumulation, from the optimizer step resumed at
+        # (the saved count is the old run's, which another number of processes accumulates differently)
+        accelerator.step = step * settings.grad_accum
         report(f"resuming from {last_checkpoint.name} (step {step})")
     settings.output.mkdir(parents=True, exist_ok=True)
     metrics_path, samples_path = settings.output / "metrics.jsonl", settings.output / "samples.jsonl"
