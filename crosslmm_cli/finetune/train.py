@@ -386,6 +386,7 @@ def finetune(settings: FinetuneSettings, report: Callable[[str], None] = lambda 
         from crosslmm_cli.training_data.loader import Mixture, open_sources  # (it imports this module)
 
         sources = open_sources(settings.sources, settings.folder, settings.output)
+        damaged = report_damage(sources, settings.strict, report if accelerator.is_main_process else lambda _: None)
     else:
         folder = read_folder(settings.folder, check_videos=video_missing)
         for problem in folder.problems:
@@ -521,10 +522,26 @@ def finetune(settings: FinetuneSettings, report: Callable[[str], None] = lambda 
     if elastic:
         for number, count in sorted(skipped.items()):
             report(f"source {number} ({settings.sources[number]['path']}): {count} unusable samples skipped")
+        for number, count in sorted(damaged.items()):
+            report(f"source {number} ({settings.sources[number]['path']}): {count} missing or damaged files "
+                   "(listed before step 1)")
         return {"steps": step, "rows": step * settings.global_batch, "skipped_rows": sum(skipped.values()),
                 "saved": written, "trained_parameters": trained_parameters}
     return {"steps": step, "rows": len(folder.rows) - len(bad_lines), "skipped_rows": len(folder.problems) + len(bad_lines),
             "saved": written, "trained_parameters": trained_parameters}
+
+
+def report_damage(sources: list, strict: bool, report: Callable[[str], None]) -> dict[int, int]:
+    """Report each missing or damaged file of the sources (what it costs); under ``strict`` the first
+    one stops the run. Returns the count per source."""
+    damaged = {}
+    for number, source in enumerate(sources):
+        for line in source.damage():
+            if strict:
+                raise UserError(f"source {number} ({source.spec}): {line}; fix or remove the file, or drop --strict")
+            report(f"source {number} ({source.spec}): {line}")
+            damaged[number] = damaged.get(number, 0) + 1
+    return damaged
 
 
 def load_training_state(accelerator, checkpoint: Path) -> None:

@@ -79,14 +79,16 @@ class Skips:
 
     IN_FULL = 5
 
-    def __init__(self, report: Callable[[str], None]):
-        self.report, self.seen, self.counts = report, set(), Counter()
+    def __init__(self, report: Callable[[str], None], strict: bool = False):
+        self.report, self.strict, self.seen, self.counts = report, strict, set(), Counter()
 
     def take(self, batch: dict) -> None:
         problems = batch.pop("problems")
         for source, key, what in problems:
             if (source, key) in self.seen:
                 continue
+            if self.strict:
+                raise UserError(f"source {source}, {key}: {what}; fix or remove the sample, or drop --strict")
             self.seen.add((source, key))
             self.counts[source] += 1
             if self.counts[source] <= self.IN_FULL:
@@ -147,7 +149,7 @@ class Mixture:
     def take(self, batch: dict, report: Callable[[str], None], device) -> tuple[dict, list[tuple[int, str]]]:
         """The micro-batch ready for the model (its skipped samples reported, the random state set)
         and its (sample number, "source:key") list."""
-        self.skips = self.skips or Skips(report)
+        self.skips = self.skips or Skips(report, self.settings.strict)
         self.skips.take(batch)
         samples = batch.pop("samples")
         torch.manual_seed(micro_batch_seed(self.settings.seed, samples[0][0]))

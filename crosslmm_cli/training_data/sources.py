@@ -10,7 +10,11 @@ hand out its i-th one. Nothing is loaded whole; each process keeps a few shard i
   media root; a ``.jsonl`` is cut into blocks of BLOCK_BYTES, each a shard. A training folder (videos
   and ``annotations.jsonl``) is one of these.
 
-A shard that cannot be read at all holds no samples; what was wrong is kept in ``broken``.
+A shard that cannot be read at all holds no samples; what was wrong is kept in ``broken``. Before
+step 1, ``damage()`` looks at every file of a source cheaply (a stat and a few bytes at each end) for
+what a real download leaves: a file a brace range names that is missing, an empty file, an HTML
+error page saved under a shard's name, a tar or JSON list cut short; each is reported with what it
+costs.
 """
 
 from __future__ import annotations
@@ -56,6 +60,17 @@ class Source:
         self.spec, self.shards, self.media_root = spec, shards, media_root
         self.broken: dict[int, str] = {}  # shard -> why it could not be read
         self.indexes = LRU(KEPT_INDEXES)
+        self.missing: list[str] = []  # files the source's path names that do not exist
+
+    def damage(self) -> list[str]:
+        """One line per missing or damaged file: which, why, and the samples it loses."""
+        lines = [f"{Path(name).name} does not exist (named by {self.spec!r}): all its samples are lost"
+                 for name in self.missing]
+        for path in self.files():
+            problem = file_damage(path)
+            if problem is not None:
+                lines.append(f"{path.name}: {problem}")
+        return lines
 
     def shard_name(self, shard: int) -> str:
         return Path(self.shards[shard]).name
@@ -90,6 +105,40 @@ class Source:
         if not path.is_relative_to(self.media_root):
             raise ValueError(f"media path {name!r} leaves {self.media_root}; it is refused")
         return Media(media_kind(name), path.name, path=path)
+
+
+def file_damage(path: Path) -> str | None:
+    """What a download left wrong in a shard or annotation file, from its size and its ends."""
+    size = path.stat().st_size
+    if size == 0:
+        return "is empty (0 bytes): all its samples are lost"
+    with open(path, "rb") as f:
+        head = f.read(512)
+        f.seek(max(0, size - 1024))
+        tail = f.read()
+    if head.lstrip()[:15].lower().startswith((b"<!doctype html", b"<html")):
+        return "is an HTML page, not data (an error page saved by a download?): all its samples are lost"
+    if path.suffix == ".tar":
+        if len(head) < 512 or head[257:262] != b"ustar":
+            return "is not a tar archive: all its samples are lost"
+        if size % 512 or tail.strip(b"\0"):  # a whole archive ends in two zero blocks
+            whole = tar_samples_before_the_cut(path)
+            return (f"is cut short (a partial download): {whole} whole samples kept, the sample it is cut in "
+                    "and any after it are lost")
+    if path.suffix == ".json" and not (head.lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"[")
+                                       and tail.rstrip().endswith(b"]")):
+        return "is not a whole JSON list (cut short?): all its rows are lost"
+    if path.suffix == ".parquet" and not (head.startswith(b"PAR1") and tail.endswith(b"PAR1")):
+        return "is not a whole parquet file (cut short?): all its rows are lost"
+    return None
+
+
+def tar_samples_before_the_cut(path: Path) -> int:
+    try:
+        index = TarShards(str(path), [str(path)]).build_index(0)
+    except (OSError, tarfile.TarError):
+        return 0
+    return len(index)
 
 
 # ---- webdataset tar shards --------------------------------------------------------------------------
@@ -273,26 +322,39 @@ class AnnotationRows(Source):
 NUMBER_RANGE = re.compile(r"\{(\d+)\.\.(\d+)\}")
 
 
-def expand(pattern: str) -> list[str]:
-    """webdataset's shard notation (``shards-{00000..00099}.tar``, zero-padded ranges) and globs."""
+def expand(pattern: str) -> tuple[list[str], list[str]]:
+    """webdataset's shard notation (``shards-{00000..00099}.tar``, zero-padded ranges) and globs:
+    the files that exist, and those a range names that do not."""
     match = NUMBER_RANGE.search(pattern)
     if match:
         first, last = match.group(1), match.group(2)
         names = [pattern[:match.start()] + str(n).zfill(len(first)) + pattern[match.end():]
                  for n in range(int(first), int(last) + 1)]
-        return [path for name in names for path in expand(name)]
-    return sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern] if Path(pattern).exists() else []
+        found, missing = [], []
+        for name in names:
+            more, absent = expand(name)
+            found += more
+            missing += absent or ([] if more or glob.has_magic(name) else [name])
+        return found, missing
+    return sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern] if Path(pattern).exists() else [], []
 
 
 def open_source(path: str, media: str | None, base: Path) -> Source:
     """The source a recipe's ``path`` (relative to the recipe's folder) names; :class:`UserError`
     when it names nothing readable."""
-    from ..finetune.data import annotation_file
-
     pattern = str(base / path) if not Path(path).is_absolute() else path
-    files = [Path(p) for p in expand(pattern)]
+    found, missing = expand(pattern)
+    files = [Path(p) for p in found]
     if not files:
         raise UserError(f"source {path!r} matches no file (looked for {pattern})")
+    source = open_files(path, files, media, base)
+    source.missing = missing
+    return source
+
+
+def open_files(path: str, files: list[Path], media: str | None, base: Path) -> Source:
+    from ..finetune.data import annotation_file
+
     if len(files) == 1 and files[0].is_dir():
         return AnnotationRows(path, [annotation_file(files[0])], files[0].resolve(), folder=True)
     suffixes = {f.suffix for f in files}

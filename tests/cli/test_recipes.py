@@ -20,7 +20,8 @@ from typer.testing import CliRunner
 from crosslmm.loading import load_model
 from crosslmm_cli.app import app
 from crosslmm_cli.synthetic_shards import (
-    add_member, write_annotated_videos, write_image_shards, write_multi_image_shard, write_parquet, write_video_shards,
+    add_member, jpeg, write_annotated_videos, write_image_shards, write_multi_image_shard, write_parquet,
+    write_video_shards,
 )
 from tests.helpers import free_port
 
@@ -198,6 +199,73 @@ def test_a_corrupt_member_inside_a_shard_is_skipped_and_reported(corpus, tiny_ch
     assert "source 0 (bad/*.tar): 1 unusable samples skipped" in text
     read = [name for row in samples(tmp_path / "o") for name in row["samples"]]
     assert len(read) == 6 and "0:bad-00000.tar/000000002" not in read
+
+
+@pytest.fixture(scope="module")
+def damaged(tmp_path_factory) -> Path:
+    """What real downloads leave: shard 1 of a range cut in its last member, shard 2 an HTML error
+    page saved under its name, shard 3 empty, shard 4 never downloaded; one of two JSON lists cut."""
+    root = tmp_path_factory.mktemp("damaged")
+    shards = write_image_shards(root / "img", 4, 8)
+    whole = shards[1].read_bytes()
+    cut_at = whole.rindex(b"image 000010007")  # the last member: the last sample's caption
+    shards[1].write_bytes(whole[:cut_at + 5])
+    shards[2].write_text("<!DOCTYPE html><html><body>503 Service Unavailable</body></html>\n")
+    shards[3].write_bytes(b"")
+    (root / "ann").mkdir()
+    (root / "ann" / "pic.jpg").write_bytes(jpeg(7))
+    rows = [{"id": f"r{n}", "image": "pic.jpg", "caption": f"picture {n}"} for n in range(6)]
+    (root / "ann" / "a.json").write_text(json.dumps(rows))
+    (root / "ann" / "b.json").write_text(json.dumps(rows)[:-40])
+    return root
+
+
+DAMAGE_SOURCES = [{"path": "img/images-{00000..00004}.tar"}, {"path": "ann/*.json"}]
+DAMAGE_LINES = [
+    "source 0 (img/images-{00000..00004}.tar): images-00004.tar does not exist (named by 'img/images-{00000..00004}.tar'): all its samples are lost",
+    "source 0 (img/images-{00000..00004}.tar): images-00001.tar: is cut short (a partial download): 7 whole samples kept, the sample it is cut in and any after it are lost",
+    "source 0 (img/images-{00000..00004}.tar): images-00002.tar: is an HTML page, not data (an error page saved by a download?): all its samples are lost",
+    "source 0 (img/images-{00000..00004}.tar): images-00003.tar: is empty (0 bytes): all its samples are lost",
+    "source 1 (ann/*.json): b.json: is not a whole JSON list (cut short?): all its rows are lost",
+]
+
+
+def test_files_a_download_damaged_are_reported_with_what_they_cost(damaged, tiny_checkpoint, tmp_path):
+    """Each was lost without a word before ("0 skipped"); now each is one line before step 1 and
+    counted at the end."""
+    data = recipe(damaged, sources=DAMAGE_SOURCES, max_steps=4)
+    result = runner.invoke(app, ["finetune", str(data), "--model", str(tiny_checkpoint), "--output", str(tmp_path / "o")])
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    for line in DAMAGE_LINES:
+        assert line in text, line
+    assert "source 0 (img/images-{00000..00004}.tar): 4 missing or damaged files" in text
+    assert "source 1 (ann/*.json): 1 missing or damaged files" in text
+    read = [name for row in samples(tmp_path / "o") for name in row["samples"]]
+    assert not any(name.startswith(("0:images-00001.tar/000010007", "0:images-0000" + "2", "1:b.json")) for name in read)
+
+
+def test_under_strict_a_damaged_file_stops_the_run_before_step_1(damaged, tiny_checkpoint, tmp_path):
+    data = recipe(damaged, name="strict.yaml", sources=DAMAGE_SOURCES, max_steps=4)
+    out = tmp_path / "o"
+    result = runner.invoke(app, ["finetune", str(data), "--model", str(tiny_checkpoint), "--output", str(out), "--strict"])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert f"error: {DAMAGE_LINES[0]}; fix or remove the file, or drop --strict" in " ".join(result.output.split())
+    assert not (out / "metrics.jsonl").exists()
+
+
+def test_under_strict_an_unusable_sample_stops_the_run(corpus, tiny_checkpoint, tmp_path):
+    shard = tmp_path / "bad" / "bad-00000.tar"
+    shard.parent.mkdir()
+    with tarfile.open(shard, "w") as tar:
+        for row in range(4):
+            add_member(tar, f"{row:09d}.jpg", b"not a jpeg" if row == 1 else jpeg(row))
+            add_member(tar, f"{row:09d}.txt", b"a caption")
+    data = recipe(tmp_path, sources=[{"path": "bad/*.tar"}], max_steps=4)
+    result = runner.invoke(app, ["finetune", str(data), "--model", str(tiny_checkpoint), "--output",
+                                 str(tmp_path / "o"), "--strict"])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "source 0, bad-00000.tar/000000001:" in result.output and "drop --strict" in result.output
 
 
 @pytest.mark.parametrize("case,message", [
