@@ -59,7 +59,7 @@ class MixtureDataset(torch.utils.data.Dataset):
         for attempt in range(GIVE_UP_AFTER):
             shard, row = self.order.locate(source, position + attempt)
             reader = self.order.sources[source]
-            key = f"{reader.shard_name(shard)}/row {row}"
+            key = f"{reader.shard_name(shard)}/{reader.row_name(shard, row)}"
             try:
                 record = reader.read(shard, row)
                 key = record.key

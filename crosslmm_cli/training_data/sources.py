@@ -94,6 +94,11 @@ class Source:
     def build_index(self, shard: int) -> list:
         raise NotImplementedError
 
+    def row_name(self, shard: int, row: int) -> str:
+        """The row's name within its shard, unique there: what reports and samples.jsonl call it,
+        whether or not it could be read."""
+        return f"row {row + 1}"
+
     def read(self, shard: int, row: int) -> Record:
         raise NotImplementedError
 
@@ -164,6 +169,9 @@ class TarShards(Source):
                 self.broken[shard] = f"{self.shard_name(shard)} is cut short after {len(samples)} samples"
         return samples
 
+    def row_name(self, shard: int, row: int) -> str:
+        return self.index(shard)[row][0]  # its members' key: webdataset keys are unique in a shard
+
     def read(self, shard: int, row: int) -> Record:
         key, members = self.index(shard)[row]
         files = {}
@@ -191,7 +199,7 @@ def one_kind(media: list[Media]) -> list[Media]:
 
 # ---- parquet ----------------------------------------------------------------------------------------
 class ParquetFiles(Source):
-    KEY_COLUMNS = ("__key__", "key", "id")
+    KEY_COLUMNS = ("__key__", "key")
 
     def __init__(self, spec, shards, media_root=None):
         super().__init__(spec, shards, media_root)
@@ -220,7 +228,9 @@ class ParquetFiles(Source):
         group = bisect.bisect_right(starts, row) - 1
         table = self.groups.get_or_make((shard, group), lambda: pq.ParquetFile(self.shards[shard]).read_row_group(group))
         fields = table.slice(row - starts[group], 1).to_pylist()[0]
-        key = next((str(fields[c]) for c in self.KEY_COLUMNS if fields.get(c) is not None), str(row))
+        # a webdataset key names one row; an "id" may be shared by several, so the row number comes first
+        key = next((str(fields[c]) for c in self.KEY_COLUMNS if fields.get(c) is not None), None) or \
+            with_id(self.row_name(shard, row), fields)
         media = []
         for column in ("video", "image", "images"):
             cells = fields.pop(column, None)
@@ -295,27 +305,38 @@ class AnnotationRows(Source):
 
         return self.lists.get_or_make(path, load)
 
+    def row_name(self, shard: int, row: int) -> str:
+        """``item N`` (1-based) of a .json list, ``byte N`` (where it starts) of a .jsonl file."""
+        path, _ = self.shards[shard]
+        offset = self.index(shard)[row]
+        return f"item {offset + 1}" if path.suffix == ".json" else f"byte {offset}"
+
     def read(self, shard: int, row: int) -> Record:
         path, _ = self.shards[shard]
         offset = self.index(shard)[row]
         if path.suffix == ".json":
-            fields, where = self.json_list(path)[offset], f"item {offset + 1}"
+            fields = self.json_list(path)[offset]
         else:
             with open(path, "rb") as f:
                 f.seek(offset)
                 line = f.readline(MAX_ROW_BYTES + 1)
             if len(line) > MAX_ROW_BYTES:
                 raise ValueError(f"a row longer than {MAX_ROW_BYTES >> 20} MB")
-            fields, where = json.loads(line.decode("utf-8").removeprefix("\ufeff")), f"byte {offset}"
+            fields = json.loads(line.decode("utf-8").removeprefix("\ufeff"))
         if not isinstance(fields, dict):
             raise ValueError("a row must be a JSON object")
-        key = str(fields["id"]) if isinstance(fields.get("id"), (str, int)) else where
+        key = with_id(self.row_name(shard, row), fields)
         media = [self.media_file(name) for column in ("video", "image")
                  for name in (fields.get(column) if isinstance(fields.get(column), list) else [fields.get(column)])
                  if name is not None]
         if not media:
             raise ValueError('a row needs "video" or "image": a path under the media root')
         return Record(f"{path.name}/{key}", fields, one_kind(media))
+
+
+def with_id(name: str, fields: dict) -> str:
+    """A row's name with its "id" when it has one (several rows may share an id; the name is unique)."""
+    return f"{name} (id {fields['id']})" if isinstance(fields.get("id"), (str, int)) else name
 
 
 # ---- from a recipe's path ---------------------------------------------------------------------------

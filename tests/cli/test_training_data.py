@@ -63,7 +63,7 @@ def test_parquet_reader_matches_pyarrow_reading_the_whole_file(shards):
     source = ParquetFiles("a.parquet", [str(shards / "pq" / "a.parquet")], shards / "pq")
     table = pq.read_table(shards / "pq" / "a.parquet").to_pylist()
     records = every_record(source)
-    assert [r.key for r in records] == [f"a.parquet/{row['id']}" for row in table]
+    assert [r.key for r in records] == [f"a.parquet/row {n + 1} (id {row['id']})" for n, row in enumerate(table)]
     assert [r.media[0].data for r in records] == [row["image"]["bytes"] for row in table]
     assert [r.fields["caption"] for r in records] == [row["caption"] for row in table]
 
@@ -72,7 +72,7 @@ def test_parquet_reader_matches_pyarrow_reading_the_whole_file(shards):
 def test_jsonl_blocks_hold_every_row_once(tmp_path, block_bytes):
     source = jsonl_source(tmp_path / "a.jsonl", 150, block_bytes)
     expected = [json.loads(line)["id"] for line in (tmp_path / "a.jsonl").read_text().splitlines() if line.strip()]
-    assert [r.key.split("/")[1] for r in every_record(source)] == expected
+    assert [r.fields["id"] for r in every_record(source)] == expected
 
 
 def test_each_source_stream_is_a_permutation_per_epoch(shards):
@@ -162,3 +162,27 @@ def test_micro_batches_group_a_steps_samples_by_source_and_keep_its_samples():
     assert by_step(one, 4) == [list(range(16 * step, 16 * step + 16)) for step in range(50)]
     merged = [sorted(a + b) for a, b in zip(by_step(list(two[0]), 2), by_step(list(two[1]), 2))]
     assert merged == by_step(one, 4)
+
+
+@pytest.mark.parametrize("suffix", [".json", ".jsonl"])
+def test_rows_sharing_an_id_have_names_of_their_own_and_one_numbering(tmp_path, suffix):
+    """LLaVA-style files repeat ids (one video, several questions); samples.jsonl must still name one
+    row, and a row that cannot be read is named as a readable one would be (1-based items of a
+    list, the starting byte of a JSON line)."""
+    (tmp_path / "x.jpg").write_bytes(b"")
+    rows = [{"id": "clip", "image": "x.jpg", "caption": str(n)} for n in range(4)] + [{"id": "clip", "caption": "?"}]
+    path = tmp_path / f"a{suffix}"
+    path.write_text(json.dumps(rows) if suffix == ".json" else "".join(json.dumps(row) + "\n" for row in rows))
+    source = AnnotationRows(path.name, [path], tmp_path)
+    names = [source.row_name(0, row) for row in range(5)]
+    keys = [record.key for record in (source.read(0, row) for row in range(4))]
+    assert len(set(keys)) == 4 and keys == [f"{path.name}/{name} (id clip)" for name in names[:4]]
+    if suffix == ".json":
+        assert names == ["item 1", "item 2", "item 3", "item 4", "item 5"]
+    else:  # where each line starts: the reference is the file's own bytes
+        starts = [0]
+        for line in path.read_bytes().splitlines(keepends=True)[:-1]:
+            starts.append(starts[-1] + len(line))
+        assert names == [f"byte {start}" for start in starts]
+    with pytest.raises(ValueError):
+        source.read(0, 4)  # reported as f"{path.name}/{names[4]}"
