@@ -281,7 +281,7 @@ def evaluate(
             handle = bar.add_task(f"{benchmark}", total=total)
             return lambda: bar.advance(handle)
 
-        report = run(settings, progress=progress)
+        report = run(settings, progress=progress, notice=lambda line: bar.console.print(line, highlight=False))
     if report is None:  # a rank other than 0
         return
     console = Console()

@@ -28,7 +28,7 @@ from ..errors import UserError
 from ..jsonl_files import append_row, read_rows, repair_tail
 from . import results_file
 from .postprocess import DEFAULT_REASONING_TAGS, filtered_response
-from .tasks import LMMS_EVAL_VERSION, TASKS, Doc, Task, videomme_subtitle_prompt
+from .tasks import LMMS_EVAL_VERSION, TASKS, Doc, Task, jsonl_files, videomme_subtitle_prompt
 
 
 @dataclass
@@ -55,7 +55,8 @@ class EvalSettings:
             raise UserError(f"unknown benchmark {self.task!r}; choose one of {', '.join(TASKS)}")
         if self.parser not in TASKS[self.task].parsers:
             raise UserError(f"--parser {self.parser} does not apply to {self.task}; it has {', '.join(TASKS[self.task].parsers)}")
-        if not self.data_dir.is_dir():
+        questions_file = self.task == "jsonl" and self.data_dir.suffix == ".jsonl" and self.data_dir.is_file()
+        if not self.data_dir.is_dir() and not questions_file:
             raise UserError(f"--data-dir {self.data_dir} is not a folder; point it at the benchmark's files")
         if self.limit is not None and self.limit < 1:
             raise UserError(f"--limit must be >= 1, got {self.limit}")
@@ -288,9 +289,13 @@ def write_results(settings: EvalSettings, task: Task, results: dict, samples: li
     return report
 
 
-def load_docs(task: Task, settings: EvalSettings) -> list[Doc]:
+def load_docs(task: Task, settings: EvalSettings, notice: Callable[[str], None] = lambda _: None) -> list[Doc]:
     """The benchmark's questions, each checked (prompt, target and scoring of a dummy answer) before
-    any weight is loaded: a file in another layout or a row missing a field fails here, in one line."""
+    any weight is loaded: a file in another layout or a row missing a field fails here, in one line.
+    ``.jsonl`` files beside jsonl questions that hold no questions are passed over, each in one line."""
+    if task.name == "jsonl":
+        for other in jsonl_files(settings.data_dir)[1]:
+            notice(f"skipped {other.name}: its rows are not {{video, question, answer}} questions")
     try:
         docs = task.load(settings.data_dir)
     except (KeyError, TypeError, ValueError, AttributeError, IndexError) as error:
@@ -348,12 +353,14 @@ def _named_task(file: Path, names: list[str]) -> str | None:
     return max(matches, key=len) if matches else None
 
 
-def evaluate(settings: EvalSettings, progress: Callable[[int], Callable[[], None]] | None = None) -> dict | None:
-    """Run (or resume) the evaluation; rank 0 returns the results.json content, other ranks None."""
+def evaluate(settings: EvalSettings, progress: Callable[[int], Callable[[], None]] | None = None,
+             notice: Callable[[str], None] = lambda _: None) -> dict | None:
+    """Run (or resume) the evaluation; rank 0 returns the results.json content, other ranks None.
+    ``notice`` gets the lines a user should read (files passed over)."""
     task = TASKS[settings.task]
     if settings.subtitles_on_found_video and task.name == "videomme_w_subtitle":
         task = dataclasses.replace(task, prompt=functools.partial(videomme_subtitle_prompt, timed_on_found_video=True))
-    all_docs = load_docs(task, settings)
+    all_docs = load_docs(task, settings, notice)
     docs = all_docs[: settings.limit] if settings.limit is not None else all_docs
     settings.output.mkdir(parents=True, exist_ok=True)
     efficiency: dict = {}

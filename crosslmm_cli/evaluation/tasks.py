@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import UserError
+from ..question_rows import POST_PROMPT, answer_target, option_letters, question_prompt
 from .mcq import extract_mcq_answer, official_videomme_parser
 
 LMMS_EVAL_VERSION = "0.7.3"
@@ -79,7 +80,7 @@ VIDEOMME_OPTION_PROMPT = (
     "Select the best answer to the following multiple-choice question based on the video and the subtitles. "
     "Respond with only the letter (A, B, C, or D) of the correct option."
 )
-VIDEOMME_POST_PROMPT = "\nAnswer with the option's letter from the given choices directly."  # its "default" kwargs
+VIDEOMME_POST_PROMPT = POST_PROMPT  # its "default" kwargs
 
 
 def videomme_load(data_dir: Path) -> list[Doc]:
@@ -279,11 +280,35 @@ def mvbench_aggregate(processed: list[dict]) -> float:
 
 
 # ---- our own jsonl --------------------------------------------------------------------------------
-def jsonl_load(data_dir: Path) -> list[Doc]:
-    """``*.jsonl`` lines {"video": path relative to the folder, "question", "options": [...] (optional),
-    "answer": a letter, an option's text, or free text}."""
-    docs = []
+QUESTION_FIELDS = {"video", "question", "answer"}
+
+
+def jsonl_files(data_dir: Path) -> tuple[list[Path], list[Path]]:
+    """The question files ``--data-dir`` names (a ``.jsonl`` file, or every one in a folder whose
+    first row is a question), and the other ``.jsonl`` files of the folder (prompts, training rows)."""
+    if data_dir.is_file():
+        return [data_dir], []
+    questions, others = [], []
     for table in _require(data_dir, "*.jsonl", "jsonl file"):
+        with open(table, encoding="utf-8-sig", errors="replace") as f:
+            first = next((line for line in f if line.strip()), "")
+        try:
+            row = json.loads(first)
+        except json.JSONDecodeError:
+            row = None
+        (questions if isinstance(row, dict) and QUESTION_FIELDS <= set(row) else others).append(table)
+    if not questions:
+        raise UserError(f"{data_dir} holds no file of {{video, question, answer}} rows (.jsonl); point --data-dir at "
+                        "the questions file or its folder")
+    return questions, others
+
+
+def jsonl_load(data_dir: Path) -> list[Doc]:
+    """``*.jsonl`` lines {"video": path relative to the file's folder, "question", "options": [...]
+    (optional), "answer": a letter, an option's text, or free text}, from ``data_dir`` if it is such
+    a file, else from each file in it whose first row is one."""
+    docs = []
+    for table in jsonl_files(data_dir)[0]:
         for number, line in enumerate(table.read_text(encoding="utf-8-sig").splitlines(), 1):
             if not line.strip():
                 continue
@@ -291,32 +316,19 @@ def jsonl_load(data_dir: Path) -> list[Doc]:
                 row = json.loads(line)
             except json.JSONDecodeError as error:
                 raise UserError(f"{table.name} line {number}: malformed JSON ({error.msg})") from None
-            if not isinstance(row, dict) or not {"video", "question", "answer"} <= set(row):
+            if not isinstance(row, dict) or not QUESTION_FIELDS <= set(row):
                 raise UserError(f"{table.name} line {number}: not a {{video, question, answer}} object")
-            docs.append(Doc(len(docs), data_dir / row["video"], row, "jsonl"))
+            docs.append(Doc(len(docs), table.parent / row["video"], row, "jsonl"))
     return docs
 
 
-def _letters(row: dict) -> list[str]:
-    return list(string.ascii_uppercase[: len(row.get("options") or [])])
-
-
 def jsonl_prompt(doc: Doc) -> str:
-    """Multiple choice: the question, then one "A. option" line per option, then Video-MME's default
-    post-prompt (answer with the option's letter); open questions as they are."""
-    row = doc.data
-    if not row.get("options"):
-        return row["question"]
-    options = "\n".join(f"{letter}. {option}" for letter, option in zip(_letters(row), row["options"]))
-    return row["question"] + "\n" + options + VIDEOMME_POST_PROMPT
+    """As :mod:`crosslmm_cli.question_rows` asks it (training asks it the same way)."""
+    return question_prompt(doc.data)
 
 
 def jsonl_target(doc: Doc) -> str:
-    row = doc.data
-    answer = str(row["answer"]).strip()
-    if row.get("options") and answer not in _letters(row) and answer in row["options"]:
-        return _letters(row)[row["options"].index(answer)]
-    return answer
+    return answer_target(doc.data)
 
 
 def _normalise(text: str) -> str:
@@ -326,7 +338,7 @@ def _normalise(text: str) -> str:
 def jsonl_process(doc: Doc, response: str, parser: str, rng: random.Random | None = None) -> dict:
     target = jsonl_target(doc)
     if doc.data.get("options"):
-        pred = extract_mcq_answer(response, _letters(doc.data))
+        pred = extract_mcq_answer(response, option_letters(doc.data))
         correct = pred == target
     else:
         pred = response.strip()

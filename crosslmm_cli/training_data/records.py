@@ -5,7 +5,8 @@ Text fields, whichever the container (a tar's ``.json``, a parquet row, an annot
 - LLaVA conversations: ``"conversations": [{"from": "human", "value": "<image>\\n..."},
   {"from": "gpt", "value": "..."}, ...]`` (multi-turn allowed; ``<image>``/``<video>`` tags dropped:
   the visual input always goes first in the first user turn);
-- question answering: ``"question"`` and ``"answer"``;
+- question answering: ``"question"`` and ``"answer"``, with ``"options"`` for multiple choice (asked
+  and answered as ``crosslmm eval jsonl`` scores it: crosslmm_cli.question_rows);
 - captions (Stage I): ``"caption"`` (or a tar's ``.txt``, or a ``"text"`` column).
 """
 
@@ -14,6 +15,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from ..question_rows import answer_target, question_prompt
 
 CAPTION_PROMPTS = {"image": "Describe the image.", "video": "Describe the video."}
 ROLES = {"human": "user", "gpt": "assistant", "user": "user", "assistant": "assistant"}
@@ -58,8 +61,8 @@ def conversation(fields: dict, kind: str) -> list[dict]:
     for name in ("caption", "text"):
         if isinstance(fields.get(name), str) and fields[name].strip():
             return [{"role": "user", "content": CAPTION_PROMPTS[kind]}, {"role": "assistant", "content": fields[name]}]
-    if "question" in fields and "answer" in fields:
-        return [{"role": "user", "content": str(fields["question"])}, {"role": "assistant", "content": str(fields["answer"])}]
+    if "question" in fields and "answer" in fields:  # asked as `crosslmm eval jsonl` asks it
+        return [{"role": "user", "content": question_prompt(fields)}, {"role": "assistant", "content": answer_target(fields)}]
     raise ValueError(f"no conversations, caption or question/answer among its fields ({', '.join(sorted(fields)) or 'none'})")
 
 

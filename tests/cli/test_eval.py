@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -280,6 +281,24 @@ def test_bad_eval_flags(args, message):
 def test_an_empty_benchmark_folder_is_one_line(tmp_path):
     result = run_eval("videomme", "--data-dir", str(tmp_path))
     assert result.exit_code == 1 and "holds no Video-MME parquet" in result.output
+
+
+def test_jsonl_files_beside_the_questions_are_passed_over_in_one_line_or_the_questions_file_is_named(
+        jsonl_dir, tiny_checkpoint, tmp_path):
+    """A training file or prompts.jsonl beside the questions once failed the run ("prompts.jsonl
+    line 1: not a {video, question, answer} object")."""
+    folder = tmp_path / "mixed"
+    shutil.copytree(jsonl_dir, folder)
+    (folder / "prompts.jsonl").write_text(json.dumps({"video": "clips/a.mp4", "prompt": "Describe it."}) + "\n")
+    (folder / "train.jsonl").write_text(json.dumps({"video": "clips/a.mp4", "caption": "A clip."}) + "\n")
+    result = run_eval("jsonl", "--data-dir", str(folder), *common(tiny_checkpoint, tmp_path / "folder"))
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    for name in ("prompts.jsonl", "train.jsonl"):
+        assert f"skipped {name}: its rows are not {{video, question, answer}} questions" in text
+    by_name = run_eval("jsonl", "--data-dir", str(folder / "questions.jsonl"), *common(tiny_checkpoint, tmp_path / "file"))
+    assert by_name.exit_code == 0 and "skipped" not in by_name.output, by_name.output
+    assert lines(tmp_path / "file" / "samples_jsonl.jsonl") == lines(tmp_path / "folder" / "samples_jsonl.jsonl")
 
 
 def test_a_malformed_jsonl_line_is_named(tmp_path):

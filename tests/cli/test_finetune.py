@@ -652,3 +652,26 @@ def test_every_trained_parameter_receives_a_gradient(folder, tiny_checkpoint, tm
     unrotated = [name for name in trained if name.endswith("k_proj.bias") and (".cross_attn." in name or
                                                                                name.startswith("vision_tower."))]
     assert not unrotated, unrotated
+
+
+def test_a_multiple_choice_row_is_trained_on_the_prompt_eval_scores_it_with(tiny_checkpoint, videos):
+    """The reference is what `crosslmm eval jsonl` feeds the model for the row: its task's prompt,
+    asked as the first question about the video. Training once showed the question without its
+    options and learned the option's text instead of its letter."""
+    from crosslmm import load_checkpoint
+    from crosslmm_cli.ask import AskSettings, VideoChat
+    from crosslmm_cli.evaluation.tasks import TASKS, Doc
+    from crosslmm_cli.finetune.data import IGNORE_INDEX, tokenize_conversation
+    from crosslmm_cli.training_data.records import conversation
+    from crosslmm_cli.video import SamplingRequest, read_frames
+
+    model, processor = load_checkpoint(tiny_checkpoint)
+    row = {"video": "h264.mp4", "question": "Which colour?", "options": ["red", "green", "blue"], "answer": "green"}
+    doc, task = Doc(0, videos["mp4"], row, "jsonl"), TASKS["jsonl"]
+    info, frames = read_frames(videos["mp4"], SamplingRequest(2))
+    chat = VideoChat(model, processor, info, frames, AskSettings(model=str(tiny_checkpoint), frames=2), "none")
+    asked = chat.first_question_inputs(task.prompt(doc))["input_ids"][0].tolist()
+    ids, labels = tokenize_conversation(processor, conversation(row, "video"), len(frames.timestamps))
+    assert ids[:len(asked)] == asked  # the prompt, token for token
+    learned = processor.tokenizer.decode([token for token, label in zip(ids, labels) if label != IGNORE_INDEX])
+    assert learned.startswith(task.target(doc)) and task.target(doc) == "B"
