@@ -126,6 +126,22 @@ def check_training_state(folder: Path) -> None:
             load(path, map_location="cpu")  # accelerate's own reader: weights-only, numpy arrays allowed
         except pickle.UnpicklingError as error:
             raise needs_code(path, error) from None
+    refuse_older_layout(folder)
+
+
+def refuse_older_layout(folder: Path) -> None:
+    """:class:`UserError` for a training checkpoint written when the video separator was the model's
+    own parameter: its optimizer state lists the trained tensors in another order."""
+    from safetensors import safe_open
+
+    from crosslmm.modeling import LEGACY_NAMES
+
+    for path in sorted(folder.glob("model*.safetensors")):
+        with safe_open(path, "pt") as weights:
+            if any(name.removeprefix("module.") in LEGACY_NAMES for name in weights.keys()):
+                raise UserError(f"--resume: {folder} was written by an older crosslmm (the separator was "
+                                "'video_separator'), whose optimizer state does not line up with this one's; finish "
+                                "the run with that version, or start a new --output (finished outputs load as they are)")
 
 
 def needs_code(path: Path, error: Exception) -> UserError:

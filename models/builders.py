@@ -13,7 +13,7 @@ from transformers.models.auto.modeling_auto import MODEL_MAPPING
 
 from .configuration import CrossLMMConfig
 from .cross_attention import CrossAttention, TanhGate
-from .modeling import CrossLMMForConditionalGeneration, VideoSeparator
+from .modeling import CrossLMMForConditionalGeneration
 from .pooling import MultiModalProjector
 from .presets import get_preset
 from .processing import CrossLMMProcessor, build_byte_tokenizer, ensure_video_token
@@ -40,7 +40,7 @@ def build_tiny(seed: int = 0, **options) -> tuple[CrossLMMForConditionalGenerati
     return build_random_preset("tiny", seed, **options)
 
 
-INIT_TYPES = (CrossAttention, TanhGate, MultiModalProjector, VideoSeparator)
+INIT_TYPES = (CrossAttention, TanhGate, MultiModalProjector)
 
 
 def _assemble(config: CrossLMMConfig, state_dict: dict[str, torch.Tensor], dtype: torch.dtype | None):
@@ -56,6 +56,9 @@ def _assemble(config: CrossLMMConfig, state_dict: dict[str, torch.Tensor], dtype
         if any(p.is_meta for p in module.parameters(recurse=False)):
             module.to_empty(device="cpu", recurse=False)
     initialised = set()
+    if "video_separator.weight" in missing:  # drawn first, as it always was
+        model._init_weights(model.video_separator)
+        initialised.add("video_separator.weight")
     for prefix, module in model.named_modules():
         own = {f"{prefix}.{name}" if prefix else name for name, _ in module.named_parameters()}
         if isinstance(module, INIT_TYPES) and own & missing:

@@ -68,6 +68,10 @@ class VideoSeparator(nn.Module):
         super().__init__()
         self.weight = nn.Parameter(torch.empty(hidden_size))
 
+    def forward(self) -> torch.Tensor:
+        """The separator (D,): read through a call, so that accelerate's offload hooks bring it in."""
+        return self.weight
+
 
 # checkpoints written before the separator was a module keep it under its parameter's old name
 LEGACY_NAMES = {"video_separator": "video_separator.weight"}
@@ -87,9 +91,11 @@ class CrossLMMForConditionalGeneration(CrossLMMPreTrainedModel, GenerationMixin)
         super().__init__(config)
         self.vision_tower = AutoModel.from_config(config.vision_config)
         self.multi_modal_projector = MultiModalProjector(config)
-        self.video_separator = VideoSeparator(config.text_config.hidden_size)
         self.language_model = AutoModelForCausalLM.from_config(config.text_config)
         insert_cross_attention(self.language_model, config)
+        # registered last, so that it is initialised last, as it was when it was the model's own parameter:
+        # a seed gives the random weights it always gave
+        self.video_separator = VideoSeparator(config.text_config.hidden_size)
         self.post_init()
         if self.generation_config is not None:
             self.generation_config.suppress_tokens = [config.video_token_id]  # the placeholder is never an answer
@@ -178,7 +184,7 @@ class CrossLMMForConditionalGeneration(CrossLMMPreTrainedModel, GenerationMixin)
         belongs to: tokens (P, D), frame (P,) with -1 for separators."""
         pooled = memory.pooled  # (F, g², D)
         frames, per_frame, width = pooled.shape
-        separator = self.video_separator.weight.to(pooled.dtype)
+        separator = self.video_separator().to(device=pooled.device, dtype=pooled.dtype)
         frame_ids = torch.arange(frames, device=pooled.device)
         mode = self.config.frame_separator
         if mode == "frame":
