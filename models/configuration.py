@@ -118,6 +118,7 @@ class CrossLMMConfig(PretrainedConfig):
 
 
 def video_positions(num_frames: int, tokens_per_frame: int, frame_separator: str) -> int:
-    """LLM positions of a video: g² pooled tokens per frame, plus the separators."""
-    separators = {"none": 0, "frame": num_frames, "video": 1}[frame_separator]
+    """LLM positions of a video: g² pooled tokens per frame, plus the separators (none for a sample
+    without frames: a text-only training row)."""
+    separators = {"none": 0, "frame": num_frames, "video": min(num_frames, 1)}[frame_separator]
     return num_frames * tokens_per_frame + separators

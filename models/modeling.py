@@ -197,8 +197,9 @@ class CrossLMMForConditionalGeneration(CrossLMMPreTrainedModel, GenerationMixin)
         # "video": one separator after the last frame of each sample
         pieces, id_pieces = [], []
         for tokens_b, ids_b in zip(pooled.split(memory.num_frames.tolist()), ids.split((memory.num_frames * per_frame).tolist())):
-            pieces += [tokens_b.flatten(0, 1), separator[None]]
-            id_pieces += [ids_b, ids_b.new_full((1,), -1)]
+            if len(tokens_b):  # a sample without frames (text only) has no separator either
+                pieces += [tokens_b.flatten(0, 1), separator[None]]
+                id_pieces += [ids_b, ids_b.new_full((1,), -1)]
         return torch.cat(pieces), torch.cat(id_pieces)
 
     # ---- generation -----------------------------------------------------------------------------

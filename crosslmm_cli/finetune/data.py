@@ -6,6 +6,9 @@ answer tokens only.
   "<video>\\n..."}, {"from": "gpt", "value": "..."}, ...]} (multi-turn allowed);
 - flat question answering: {"video", "question", "answer"};
 - captions (Stage I): {"video", "caption"}.
+
+A conversation or question/answer row without "video" is a text-only row (LLaVA mixtures keep the
+LLM's language skills with them): it trains with no frames and no video placeholder.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ IGNORE_INDEX = -100
 @dataclass
 class Row:
     line: int  # 1-based line (or item) number in the annotation file
-    video: Path
+    video: Path | None  # None: a text-only row
     messages: list[dict]  # {"role": "user" | "assistant", "content": str}; the first user turn carries the video
 
 
@@ -105,15 +108,18 @@ def read_folder(folder: Path, check_videos: Callable | None = None) -> FolderRep
                 report.problems.append(f"line {number}: malformed JSON ({error.msg})")
     checked: dict[Path, str | None] = {}
     for number, item in items:
-        if not isinstance(item, dict) or not isinstance(item.get("video"), str):
-            report.problems.append(f"line {number}: a row needs \"video\": a path string relative to the folder")
+        if not isinstance(item, dict) or not isinstance(item.get("video", ""), str):
+            report.problems.append(f"line {number}: a row's \"video\" is a path string relative to the folder")
             continue
         try:
-            video = (folder / item["video"]).resolve()
-            messages = conversation(item, "video")
+            messages = conversation(item, "video" if "video" in item else None)
         except (KeyError, TypeError, ValueError, AttributeError) as error:
             report.problems.append(f"line {number}: not a conversation, question/answer or caption row ({error})")
             continue
+        if "video" not in item:
+            report.rows.append(Row(number, None, messages))
+            continue
+        video = (folder / item["video"]).resolve()
         if not video.is_relative_to(folder):
             report.problems.append(f"line {number}: video path {item['video']!r} leaves the folder; it is refused")
             continue
@@ -138,13 +144,14 @@ def tokenize_conversation(processor, messages: list[dict], num_frames: int) -> t
     (each answer's tokens and its end-of-turn token); the video placeholder goes in the first user
     turn. Each template segment is tokenised on its own, so the answer spans are exact."""
     conversation = [dict(m) for m in messages]
-    conversation[0] = {"role": "user", "content": [{"type": "video"}, {"type": "text", "text": conversation[0]["content"]}]}
+    if num_frames:  # a text-only row has no video part
+        conversation[0] = {"role": "user", "content": [{"type": "video"}, {"type": "text", "text": conversation[0]["content"]}]}
     tokenizer = processor.tokenizer
     ids, labels, rendered = [], [], ""
     for index, message in enumerate(conversation):
         text = processor.render_messages(conversation[: index + 1], add_generation_prompt=False)
         segment, rendered = text[len(rendered):], text
-        if index == 0:
+        if index == 0 and num_frames:
             segment = processor.expand_video_placeholder(segment, num_frames)
         if message["role"] != "assistant":
             pieces = [(segment, False)]
@@ -161,6 +168,22 @@ def tokenize_conversation(processor, messages: list[dict], num_frames: int) -> t
                 ids += piece_ids
                 labels += piece_ids if learn else [IGNORE_INDEX] * len(piece_ids)
     return ids, labels
+
+
+def no_frames(processor) -> torch.Tensor:
+    """The pixels of a text-only row: (0, 3, S, S)."""
+    return torch.zeros(0, 3, processor.image_size, processor.image_size)
+
+
+def visual_stand_in(processor) -> dict:
+    """The row a micro-batch of text-only rows is collated with: one black frame in a chat that
+    learns nothing (every label ignored). It runs the vision tower, projector, separator and both
+    cross-attentions, so that every process's backward reaches the same parameters (DDP and FSDP
+    require it), and it changes nothing: rows never attend to each other, and it adds no loss term.
+    Trained parts get zero gradients from it, as DDP gives parameters one process did not use."""
+    ids, _ = tokenize_conversation(processor, [{"role": "user", "content": "."}, {"role": "assistant", "content": "."}], 1)
+    return {"input_ids": torch.tensor(ids), "labels": torch.full((len(ids),), IGNORE_INDEX), "problems": [],
+            "pixels": torch.zeros(1, 3, processor.image_size, processor.image_size)}
 
 
 # After this many different videos in a row that do not decode, the folder is wrong, not one file.
@@ -211,7 +234,7 @@ class VideoQADataset(Dataset):
         problems, failed = [], set()
         for offset in range(len(self.rows)):
             row = self.rows[(index + offset) % len(self.rows)]
-            pixels = self.readable_pixels(row.video)
+            pixels = no_frames(self.processor) if row.video is None else self.readable_pixels(row.video)
             if pixels is not None:
                 ids, labels = tokenize_conversation(self.processor, row.messages, len(pixels))
                 return {"input_ids": torch.tensor(ids), "labels": torch.tensor(labels), "pixels": pixels,
@@ -223,13 +246,19 @@ class VideoQADataset(Dataset):
         return {"pixels": None, "problems": problems}  # collate marks the batch unreadable
 
 
-def collate(batch: list[dict], pad_token_id: int) -> dict[str, torch.Tensor]:
+def collate(batch: list[dict], pad_token_id: int, stand_in: dict | None = None) -> dict[str, torch.Tensor]:
     """Right-pad ids (labels with IGNORE_INDEX) and videos (zero frames, counted in num_frames);
     ``problems`` lists the rows skipped for this batch (the training loop takes it out). A batch
-    for which no readable video was found is only {"problems", "unreadable": True}."""
+    for which no readable video was found is only {"problems", "unreadable": True}. A batch of
+    text-only rows gets ``stand_in`` (see :func:`visual_stand_in`) as one more row; ``text_only``
+    counts the batch's own text-only rows (``text_only_samples`` names them in a recipe run)."""
     problems = [problem for item in batch for problem in item["problems"]]
     if any(item["pixels"] is None for item in batch):
         return {"problems": problems, "unreadable": True}
+    rows = batch
+    text_only = [item for item in rows if len(item["pixels"]) == 0]
+    if stand_in is not None and len(text_only) == len(rows):
+        batch = [*rows, stand_in]
     longest = max(len(item["input_ids"]) for item in batch)
     input_ids = torch.full((len(batch), longest), pad_token_id, dtype=torch.long)
     labels = torch.full((len(batch), longest), IGNORE_INDEX, dtype=torch.long)
@@ -237,9 +266,11 @@ def collate(batch: list[dict], pad_token_id: int) -> dict[str, torch.Tensor]:
     for row, item in enumerate(batch):
         length = len(item["input_ids"])
         input_ids[row, :length], labels[row, :length], attention_mask[row, :length] = item["input_ids"], item["labels"], 1
-    pixels, num_frames = pad_videos([item["pixels"] for item in batch])
-    collated = {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask,
-                "pixel_values_videos": pixels, "num_frames": num_frames, "problems": problems}
-    if "sample" in batch[0]:  # a recipe run's (sample number, name), for samples.jsonl
-        collated["samples"] = [item["sample"] for item in batch]
+    collated = {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask, "problems": problems,
+                "text_only": len(text_only), "stand_in": len(batch) - len(rows)}
+    if any(len(item["pixels"]) for item in batch):
+        collated["pixel_values_videos"], collated["num_frames"] = pad_videos([item["pixels"] for item in batch])
+    if "sample" in rows[0]:  # a recipe run's (sample number, name), for samples.jsonl
+        collated["samples"] = [item["sample"] for item in rows]
+        collated["text_only_samples"] = [item["sample"][1] for item in text_only]
     return collated

@@ -13,7 +13,7 @@ from ..cores import usable_cores
 from ..errors import UserError
 from ..interrupts import quiet_abandoned_hand_overs
 from ..video.decode import decode_on_one_core
-from .data import Row, VideoQADataset, collate
+from .data import Row, VideoQADataset, collate, visual_stand_in
 
 CLIP_CACHE_BYTES = 2 << 30  # decoded clips kept in memory, shared out between the workers
 
@@ -50,7 +50,8 @@ def make_loader(rows: list[Row], processor, frames: int, batch_size: int, seed: 
     dataset = VideoQADataset(rows, processor, frames, cache_bytes=CLIP_CACHE_BYTES // max(1, workers))
     return torch.utils.data.DataLoader(
         dataset, batch_size=batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed),
-        collate_fn=partial(collate, pad_token_id=processor.tokenizer.pad_token_id), num_workers=workers,
+        collate_fn=partial(collate, pad_token_id=processor.tokenizer.pad_token_id, stand_in=visual_stand_in(processor)),
+        num_workers=workers,
         persistent_workers=workers > 0, prefetch_factor=2 if workers else None, pin_memory=pin_memory,
         worker_init_fn=decoding_worker)
 

@@ -393,6 +393,9 @@ def finetune(settings: FinetuneSettings, report: Callable[[str], None] = lambda 
             report(f"skipped {problem}" if not settings.strict else problem)
         if folder.problems and settings.strict:
             raise UserError(f"{len(folder.problems)} bad annotation rows (first: {folder.problems[0]}); fix them or drop --strict")
+        text_rows = sum(row.video is None for row in folder.rows)
+        if text_rows:
+            report(f"{text_rows} text-only rows (no video): trained without frames")
         if not folder.rows:
             raise UserError(f"{settings.folder}: no usable annotation rows")
 
@@ -469,6 +472,8 @@ def finetune(settings: FinetuneSettings, report: Callable[[str], None] = lambda 
                     step_samples += gather_object(samples)
                 else:
                     take_problems(batch, bad_videos, settings.strict, report)
+                    batch.pop("text_only")
+                stand_in = batch.pop("stand_in", 0)  # a row that learns nothing (see visual_stand_in)
                 with interrupts.deferred(), accelerator.accumulate(model):  # Ctrl-C waits for the step's end
                     loss = model(**batch).loss
                     accelerator.backward(loss)
@@ -483,7 +488,7 @@ def finetune(settings: FinetuneSettings, report: Callable[[str], None] = lambda 
                     optimizer.zero_grad()
                 seen += 1
                 losses.append(accelerator.gather(loss.detach()[None]).mean().item())
-                window_samples += len(batch["input_ids"]) * accelerator.num_processes
+                window_samples += (len(batch["input_ids"]) - stand_in) * accelerator.num_processes
                 if not accelerator.sync_gradients:
                     continue
                 step += 1
@@ -507,7 +512,7 @@ def finetune(settings: FinetuneSettings, report: Callable[[str], None] = lambda 
 
     accelerator.wait_for_everyone()
     if elastic:
-        skipped = mixture.skipped_counts(gather_object)
+        skipped, text_only = mixture.skipped_counts(gather_object), mixture.text_only_counts(gather_object)
     else:
         bad_lines = set(gather_object(sorted(bad_videos)))  # what every process found
     gathered = accelerator.get_state_dict(model) if sharded else None  # every process sends its shards
@@ -522,6 +527,9 @@ def finetune(settings: FinetuneSettings, report: Callable[[str], None] = lambda 
     if elastic:
         for number, count in sorted(skipped.items()):
             report(f"source {number} ({settings.sources[number]['path']}): {count} unusable samples skipped")
+        for number, count in sorted(text_only.items()):
+            report(f"source {number} ({settings.sources[number]['path']}): {count} text-only samples trained "
+                   "(no image or video)")
         for number, count in sorted(damaged.items()):
             report(f"source {number} ({settings.sources[number]['path']}): {count} missing or damaged files "
                    "(listed before step 1)")

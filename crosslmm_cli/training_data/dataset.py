@@ -2,6 +2,9 @@
 crosslmm's own decoder (an image is a one-frame video, several images a multi-image sample; images
 keep their aspect-aware downscale as frames do), render and tokenise the conversation.
 
+A row with a conversation but no image or video (LLaVA mixtures keep the LLM's language skills with
+them) trains with no frames: no visual placeholder, and the cross-attention reads nothing for it.
+
 A sample that cannot be used (media that do not decode, a malformed row, a missing file) is skipped:
 the next position of the same source's stream stands in for it, so the order stays a function of the
 data alone and every process gets full batches. What was skipped travels with the batch, as
@@ -15,7 +18,7 @@ import av
 import torch
 
 from ..errors import UserError
-from ..finetune.data import tokenize_conversation
+from ..finetune.data import no_frames, tokenize_conversation
 from ..video import SamplingRequest, read_frames
 from .order import SampleOrder
 from .records import Media, conversation
@@ -63,11 +66,11 @@ class MixtureDataset(torch.utils.data.Dataset):
             try:
                 record = reader.read(shard, row)
                 key = record.key
-                if not record.media:
-                    raise ValueError("no image or video in the sample")
-                messages = conversation(record.fields, record.media[0].kind)
-                count = self.frames if record.media[0].kind == "video" else 1
-                pixels = torch.cat([self.frames_of(media, count) for media in record.media])
+                kind = record.media[0].kind if record.media else None
+                messages = conversation(record.fields, kind)
+                count = self.frames if kind == "video" else 1
+                pixels = torch.cat([self.frames_of(media, count) for media in record.media]) if record.media else \
+                    no_frames(self.processor)
             except UNUSABLE as error:
                 problems.append((source, key, str(error) or type(error).__name__))
                 continue

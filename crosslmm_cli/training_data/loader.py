@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from ..errors import UserError
-from ..finetune.data import collate
+from ..finetune.data import collate, visual_stand_in
 from ..finetune.loader import decoding_worker
 from .dataset import GIVE_UP_AFTER, MixtureDataset
 from .order import SampleOrder
@@ -53,11 +53,12 @@ class StepSampler(torch.utils.data.Sampler):
 
 
 def make_mixture_loader(dataset: MixtureDataset, sampler: StepSampler, pad_token_id: int, workers: int,
-                        pin_memory: bool = False) -> torch.utils.data.DataLoader:
+                        pin_memory: bool = False, stand_in: dict | None = None) -> torch.utils.data.DataLoader:
     """Workers decode whole micro-batches ahead of the step (two each); with or without them the
     batches are the same."""
     return torch.utils.data.DataLoader(
-        dataset, batch_sampler=sampler, collate_fn=partial(collate, pad_token_id=pad_token_id), num_workers=workers,
+        dataset, batch_sampler=sampler, collate_fn=partial(collate, pad_token_id=pad_token_id, stand_in=stand_in),
+        num_workers=workers,
         persistent_workers=workers > 0, prefetch_factor=2 if workers else None, pin_memory=pin_memory,
         worker_init_fn=decoding_worker)
 
@@ -136,7 +137,9 @@ class Mixture:
         self.settings, self.workers, self.pin_memory = settings, workers, pin_memory
         self.rank, self.processes = rank, processes
         self.pad_token_id = processor.tokenizer.pad_token_id
+        self.stand_in = visual_stand_in(processor)
         self.skips: Skips | None = None
+        self.text_only: set[str] = set()  # the text-only samples trained (their names)
 
     def check(self) -> None:
         check_sources(self.dataset)
@@ -144,7 +147,8 @@ class Mixture:
     def batches(self, start: int, total: int) -> torch.utils.data.DataLoader:
         sampler = StepSampler(start, total, self.settings.global_batch, self.settings.batch_size, self.rank,
                               self.processes, source_of=lambda sample: self.order.source_position(sample)[0])
-        return make_mixture_loader(self.dataset, sampler, self.pad_token_id, self.workers, self.pin_memory)
+        return make_mixture_loader(self.dataset, sampler, self.pad_token_id, self.workers, self.pin_memory,
+                                   self.stand_in)
 
     def take(self, batch: dict, report: Callable[[str], None], device) -> tuple[dict, list[tuple[int, str]]]:
         """The micro-batch ready for the model (its skipped samples reported, the random state set)
@@ -152,8 +156,15 @@ class Mixture:
         self.skips = self.skips or Skips(report, self.settings.strict)
         self.skips.take(batch)
         samples = batch.pop("samples")
+        self.text_only.update(batch.pop("text_only_samples"))
+        batch.pop("text_only")  # counted by name above
         torch.manual_seed(micro_batch_seed(self.settings.seed, samples[0][0]))
-        return {name: value.to(device) for name, value in batch.items()}, samples
+        return {name: value.to(device) if isinstance(value, torch.Tensor) else value
+                for name, value in batch.items()}, samples
+
+    def text_only_counts(self, gather_object) -> Counter:
+        """Text-only samples trained per source, over all processes (each counted once)."""
+        return Counter(int(name.split(":", 1)[0]) for name in set(gather_object(sorted(self.text_only))))
 
     def skipped_counts(self, gather_object) -> Counter:
         """Unusable samples per source, over all processes (each counted once)."""

@@ -47,9 +47,9 @@ class Record:
     media: list[Media] = field(default_factory=list)  # one video, or one or more images
 
 
-def conversation(fields: dict, kind: str) -> list[dict]:
-    """Chat messages ``{"role", "content": str}`` of a record's text fields; ValueError when they
-    are none of the three conventions."""
+def conversation(fields: dict, kind: str | None) -> list[dict]:
+    """Chat messages ``{"role", "content": str}`` of a record's text fields (``kind``: its visual
+    input, None for a text-only row); ValueError when they are none of the three conventions."""
     if "conversations" in fields:
         turns = fields["conversations"]
         if not isinstance(turns, list):
@@ -60,6 +60,8 @@ def conversation(fields: dict, kind: str) -> list[dict]:
         return messages
     for name in ("caption", "text"):
         if isinstance(fields.get(name), str) and fields[name].strip():
+            if kind is None:
+                raise ValueError("a caption without an image or video describes nothing")
             return [{"role": "user", "content": CAPTION_PROMPTS[kind]}, {"role": "assistant", "content": fields[name]}]
     if "question" in fields and "answer" in fields:  # asked as `crosslmm eval jsonl` asks it
         return [{"role": "user", "content": question_prompt(fields)}, {"role": "assistant", "content": answer_target(fields)}]

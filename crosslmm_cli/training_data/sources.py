@@ -329,9 +329,7 @@ class AnnotationRows(Source):
         media = [self.media_file(name) for column in ("video", "image")
                  for name in (fields.get(column) if isinstance(fields.get(column), list) else [fields.get(column)])
                  if name is not None]
-        if not media:
-            raise ValueError('a row needs "video" or "image": a path under the media root')
-        return Record(f"{path.name}/{key}", fields, one_kind(media))
+        return Record(f"{path.name}/{key}", fields, one_kind(media))  # no media: a text-only row
 
 
 def with_id(name: str, fields: dict) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -675,3 +676,93 @@ def test_a_multiple_choice_row_is_trained_on_the_prompt_eval_scores_it_with(tiny
     assert ids[:len(asked)] == asked  # the prompt, token for token
     learned = processor.tokenizer.decode([token for token, label in zip(ids, labels) if label != IGNORE_INDEX])
     assert learned.startswith(task.target(doc)) and task.target(doc) == "B"
+
+
+@pytest.fixture(scope="module")
+def with_text_rows(folder, tmp_path_factory):
+    """The training folder plus text-only rows (no "video"), as LLaVA's mixtures hold them."""
+    root = tmp_path_factory.mktemp("text")
+    shutil.copytree(folder / "clips", root / "clips")
+    rows = [{"video": "clips/c0.mp4", "question": "What is it?", "answer": "A red ball."},
+            {"video": "clips/c1.mp4", "caption": "A cat sleeps."}]
+    rows += [{"conversations": [{"from": "human", "value": f"Count to {n}."}, {"from": "gpt", "value": " ".join(map(str, range(1, n + 1)))}]}
+             for n in range(3, 7)]
+    rows += [{"question": "Capital of France?", "answer": "Paris."}]
+    (root / "annotations.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return root
+
+
+def test_text_only_rows_train(with_text_rows, tiny_checkpoint, tmp_path):
+    """They were refused ("a row needs video"); they train (their loss falls) and are counted."""
+    out = tmp_path / "text"
+    result = train(with_text_rows, out, "--model", str(tiny_checkpoint), "--full", "--lr", "1e-3", "--max-steps", "8",
+                   "--batch-size", "2", "--workers", "0")
+    assert result.exit_code == 0, result.output
+    assert "5 text-only rows (no video): trained without frames" in result.output
+    assert "(0 skipped)" in " ".join(result.output.split())
+    losses = [row["loss"] for row in metrics(out)]
+    assert min(losses[-2:]) < losses[0]
+
+
+def test_a_micro_batch_of_text_rows_trains_as_the_model_alone_would(tiny_open_checkpoint):
+    """The stand-in row a text-only micro-batch gets (so that every process's backward reaches the
+    visual parts) changes neither the loss nor any gradient of the text rows: the reference is the
+    model on the text rows alone, without pixels."""
+    from crosslmm import load_checkpoint
+    from crosslmm_cli.finetune.data import collate, no_frames, tokenize_conversation, visual_stand_in
+
+    model, processor = load_checkpoint(tiny_open_checkpoint)
+    model.train()
+    rows = []
+    for n in (3, 5):
+        messages = [{"role": "user", "content": f"Count to {n}."}, {"role": "assistant", "content": "1 2 3 4 5"[:2 * n - 1]}]
+        ids, labels = tokenize_conversation(processor, messages, 0)
+        rows.append({"input_ids": torch.tensor(ids), "labels": torch.tensor(labels), "pixels": no_frames(processor),
+                     "problems": []})
+    pad = processor.tokenizer.pad_token_id
+    alone = collate(rows, pad)
+    assert "pixel_values_videos" not in alone and alone["text_only"] == 2
+    with_stand_in = collate(rows, pad, stand_in=visual_stand_in(processor))
+    assert with_stand_in["stand_in"] == 1 and with_stand_in["pixel_values_videos"].shape[:2] == (3, 1)
+
+    def loss_and_gradients(batch):
+        model.zero_grad()
+        inputs = {k: v for k, v in batch.items() if k not in ("problems", "text_only", "stand_in")}
+        torch.manual_seed(0)
+        loss = model(**inputs).loss
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    loss, gradients = loss_and_gradients(alone)
+    stood_loss, stood_gradients = loss_and_gradients(with_stand_in)
+    torch.testing.assert_close(stood_loss, loss, rtol=1e-6, atol=1e-7)
+    for name, gradient in gradients.items():
+        torch.testing.assert_close(stood_gradients[name], gradient, rtol=1e-5, atol=1e-7)
+    visual = [n for n in stood_gradients if n not in gradients]  # reached only through the stand-in: all zero
+    assert any("cross_attn" in n for n in visual) and any(n.startswith("vision_tower.") for n in visual)
+    assert all(not stood_gradients[n].any() for n in visual)
+
+
+def test_two_gloo_processes_train_text_rows_beside_videos(with_text_rows, tiny_checkpoint, tmp_path):
+    """A process whose micro-batch is all text and one whose micro-batch holds a video: without the
+    stand-in row their backward passes reached different parameters, which DDP cannot reduce."""
+    done = launch(torchrun(), "crosslmm_cli.app", with_text_rows, tmp_path / "run", "--model", str(tiny_checkpoint),
+                  "--full", "--max-steps", "4")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "find_unused_parameters" not in done.stderr and "Traceback" not in done.stderr
+
+
+def test_resuming_a_run_saved_before_the_separator_module_is_refused_in_one_line(tmp_path):
+    from safetensors.torch import save_file
+
+    from crosslmm_cli.checkpoint_files import check_training_state
+    from crosslmm_cli.errors import UserError
+
+    step = tmp_path / "step-000002"
+    step.mkdir()
+    save_file({"video_separator": torch.zeros(4), "multi_modal_projector.linear_1.weight": torch.zeros(2, 2)},
+              step / "model.safetensors")
+    with pytest.raises(UserError, match="written by an older crosslmm"):
+        check_training_state(step)
+    save_file({"video_separator.weight": torch.zeros(4)}, step / "model.safetensors")
+    check_training_state(step)

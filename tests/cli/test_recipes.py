@@ -278,6 +278,18 @@ def test_under_strict_an_unusable_sample_stops_the_run(corpus, tiny_checkpoint, 
     assert "source 0, bad-00000.tar/000000001:" in result.output and "drop --strict" in result.output
 
 
+def test_text_only_rows_of_a_source_train_and_are_counted(corpus, tiny_checkpoint, tmp_path):
+    rows = [{"id": f"t{n}", "conversations": [{"from": "human", "value": f"Say {n}."}, {"from": "gpt", "value": str(n)}]}
+            for n in range(6)]
+    (tmp_path / "text.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    data = recipe(tmp_path, sources=[{"path": str(corpus / "pq" / "a.parquet")}, {"path": "text.jsonl"}], max_steps=6)
+    result = runner.invoke(app, ["finetune", str(data), "--model", str(tiny_checkpoint), "--output", str(tmp_path / "o")])
+    assert result.exit_code == 0, result.output
+    read = {name for row in samples(tmp_path / "o") for name in row["samples"] if name.startswith("1:")}
+    assert read and f"source 1 (text.jsonl): {len(read)} text-only samples trained (no image or video)" in \
+        " ".join(result.output.split())
+
+
 @pytest.mark.parametrize("case,message", [
     ("empty", "matches no file"),
     ("all-bad", "none of its first"),
