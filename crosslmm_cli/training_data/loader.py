@@ -22,6 +22,8 @@ from .dataset import GIVE_UP_AFTER, MixtureDataset
 from .order import SampleOrder
 from .sources import AnnotationRows, Source, open_source
 
+JSON_INDEX = ".json-index"  # under the output
+
 
 class StepSampler(torch.utils.data.Sampler):
     """Sample numbers of this process's micro-batches, from optimizer step ``start`` to ``total``.
@@ -122,6 +124,8 @@ def open_sources(specs: list[dict], recipe: Path, output: Path) -> list[Source]:
             if file.resolve() == output.resolve() or file.resolve().is_relative_to(output.resolve()):
                 raise UserError(f"--output {output} holds {file}, an input of source {spec['path']!r}; training never "
                                 "writes over its inputs: choose an --output outside it")
+        if isinstance(source, AnnotationRows):
+            source.index_dir = output / JSON_INDEX  # a .json list's item spans, found once for every process
         sources.append(source)
     return sources
 

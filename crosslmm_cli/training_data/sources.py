@@ -27,6 +27,7 @@ from collections import OrderedDict
 from pathlib import Path
 
 from ..errors import UserError
+from .json_list import cached_spans, read_item
 from .records import Media, Record, media_kind, split_member
 
 BLOCK_BYTES = 4 << 20  # an annotation .jsonl is read in shards of this many bytes
@@ -254,7 +255,8 @@ class ParquetFiles(Source):
 # ---- annotation files -------------------------------------------------------------------------------
 class AnnotationRows(Source):
     """Shards are (file, block) pairs: a ``.jsonl`` file cut into blocks of ``block_bytes`` (a row
-    belongs to the block its first byte lies in), a ``.json`` list one shard."""
+    belongs to the block its first byte lies in), a ``.json`` list one shard, read item by item at
+    the spans :mod:`json_list` finds (kept in ``index_dir`` when the run gives one)."""
 
     def __init__(self, spec, files: list[Path], media_root: Path, block_bytes: int = BLOCK_BYTES, folder: bool = False):
         self.spec_is_folder = folder  # a training folder: its annotations and videos
@@ -264,7 +266,7 @@ class AnnotationRows(Source):
             shards += [(path, block) for block in range(blocks)]
         super().__init__(spec, shards, media_root)
         self.block_bytes = block_bytes
-        self.lists = LRU(1)  # a .json list, parsed once per process
+        self.index_dir: Path | None = None
 
     def files(self) -> list[Path]:
         return sorted({path for path, _ in self.shards})
@@ -274,10 +276,10 @@ class AnnotationRows(Source):
         return path.name if path.suffix == ".json" else f"{path.name}@{block}"
 
     def build_index(self, shard: int) -> list[int]:
-        """Byte offsets of the block's rows (or list positions of a .json)."""
+        """Byte offsets of the block's rows (or the byte spans of a .json list's items)."""
         path, block = self.shards[shard]
         if path.suffix == ".json":
-            return list(range(len(self.json_list(path))))
+            return cached_spans(path, self.index_dir)
         start, end, offsets = block * self.block_bytes, (block + 1) * self.block_bytes, []
         with open(path, "rb") as f:
             if start:
@@ -296,26 +298,16 @@ class AnnotationRows(Source):
                     offsets.append(offset)
         return offsets
 
-    def json_list(self, path: Path) -> list:
-        def load():
-            rows = json.loads(path.read_text(encoding="utf-8-sig"))
-            if not isinstance(rows, list):
-                raise ValueError("a .json annotation file must hold a list of rows")
-            return rows
-
-        return self.lists.get_or_make(path, load)
-
     def row_name(self, shard: int, row: int) -> str:
         """``item N`` (1-based) of a .json list, ``byte N`` (where it starts) of a .jsonl file."""
         path, _ = self.shards[shard]
-        offset = self.index(shard)[row]
-        return f"item {offset + 1}" if path.suffix == ".json" else f"byte {offset}"
+        return f"item {row + 1}" if path.suffix == ".json" else f"byte {self.index(shard)[row]}"
 
     def read(self, shard: int, row: int) -> Record:
         path, _ = self.shards[shard]
         offset = self.index(shard)[row]
         if path.suffix == ".json":
-            fields = self.json_list(path)[offset]
+            fields = read_item(path, offset)
         else:
             with open(path, "rb") as f:
                 f.seek(offset)

@@ -170,7 +170,7 @@ def test_rows_sharing_an_id_have_names_of_their_own_and_one_numbering(tmp_path, 
     row, and a row that cannot be read is named as a readable one would be (1-based items of a
     list, the starting byte of a JSON line)."""
     (tmp_path / "x.jpg").write_bytes(b"")
-    rows = [{"id": "clip", "image": "x.jpg", "caption": str(n)} for n in range(4)] + [{"id": "clip", "caption": "?"}]
+    rows = [{"id": "clip", "image": "x.jpg", "caption": str(n)} for n in range(4)] + ["not a row"]
     path = tmp_path / f"a{suffix}"
     path.write_text(json.dumps(rows) if suffix == ".json" else "".join(json.dumps(row) + "\n" for row in rows))
     source = AnnotationRows(path.name, [path], tmp_path)
@@ -186,3 +186,47 @@ def test_rows_sharing_an_id_have_names_of_their_own_and_one_numbering(tmp_path, 
         assert names == [f"byte {start}" for start in starts]
     with pytest.raises(ValueError):
         source.read(0, 4)  # reported as f"{path.name}/{names[4]}"
+
+
+def test_a_json_lists_items_are_found_where_the_standard_parser_reads_them(tmp_path):
+    """Reference: json.loads of the whole file. Windows as small as one byte cut through multi-byte
+    characters, strings holding brackets and commas, and numbers."""
+    from crosslmm_cli.training_data.json_list import NotAJsonList, item_spans, read_item
+
+    rows = [{"id": n, "text": "é€😀 ,]\"[{" * (n % 4), "values": [1, 2.5, None, True]} for n in range(300)]
+    rows += [12345, "a string", [1, [2]], 3.5e10, -0.25, False, None]
+    path = tmp_path / "a.json"
+    for indent, bom in ((None, b""), (2, b"\xef\xbb\xbf")):
+        path.write_bytes(bom + json.dumps(rows, indent=indent, ensure_ascii=False).encode())
+        reference = json.loads(path.read_text(encoding="utf-8-sig"))
+        for window in (1, 7, 1 << 20):
+            assert [read_item(path, span) for span in item_spans(path, window)] == reference
+    for broken in (json.dumps(rows)[:-30], json.dumps(rows)[:-1], "<!DOCTYPE html>", '[{"a": 1} {"b": 2}]'):
+        path.write_text(broken)
+        with pytest.raises(NotAJsonList):
+            item_spans(path, 64)
+
+
+def test_a_json_list_source_is_read_item_by_item_without_the_list(tmp_path):
+    """LLaVA-Video-178K and friends ship one big list; each process once held all of it. Reading
+    items of a 60,000-item list (about 9 MB) through the source allocates a small part of that."""
+    import tracemalloc
+
+    (tmp_path / "x.jpg").write_bytes(b"")
+    rows = [{"id": f"r{n}", "image": "x.jpg", "conversations": [
+        {"from": "human", "value": "<image>\nWhat is shown here, in detail?"}, {"from": "gpt", "value": f"Picture {n}. " * 8}]}
+        for n in range(60_000)]
+    path = tmp_path / "big.json"
+    path.write_text(json.dumps(rows))
+    source = AnnotationRows("big.json", [path], tmp_path)
+    source.index_dir = tmp_path / "index"
+    assert source.count(0) == len(rows)  # the spans, found once and kept
+    assert len(list(source.index_dir.glob("big.json.*.spans.npy"))) == 1
+    again = AnnotationRows("big.json", [path], tmp_path)
+    again.index_dir = source.index_dir
+    tracemalloc.start()
+    records = [again.read(0, row) for row in range(0, len(rows), 997)]
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert [r.fields["id"] for r in records] == [rows[n]["id"] for n in range(0, len(rows), 997)]
+    assert peak < path.stat().st_size / 20, (peak, path.stat().st_size)
