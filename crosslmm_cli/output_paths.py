@@ -37,3 +37,13 @@ def writable_file(path: Path, flag: str) -> Path:
         except OSError as error:
             raise UserError(f"{flag} {path} cannot be written ({error.strerror}); choose another file") from None
     return path
+
+
+def refuse_output_over_input(output: Path, source: Path, name: str) -> None:
+    """A run writes its checkpoints and weights under ``output``: never where they would overwrite
+    ``source`` (the same folder, a folder inside it, or one holding it)."""
+    out, inp = output.resolve(), source.resolve()
+    if out == inp or out.is_relative_to(inp) or inp.is_relative_to(out):
+        where = "is" if out == inp else "sits inside" if out.is_relative_to(inp) else "contains"
+        raise UserError(f"--output {output} {where} {name} ({source}); training never writes over its inputs: "
+                        "choose an --output outside it")

@@ -22,6 +22,7 @@ from crosslmm.loading import save_partial_checkpoint
 from ..checkpoint_files import check_training_state, needs_code, read_config
 from ..errors import UserError
 from ..interrupts import remembered_interrupts
+from ..output_paths import refuse_output_over_input
 from ..jsonl_files import append_row, read_rows
 from ..model_source import cache_home, is_checkpoint_dir, open_model, pick_device
 from .data import read_folder, video_missing
@@ -34,16 +35,6 @@ LLM_LINEARS = r".*language_model\.model\.layers\.\d+\.(self_attn|mlp)\.(q_proj|k
 
 # Settings a --resume may change: they alter neither the model, nor the data order, nor the schedule.
 RESUME_MAY_CHANGE = ("save_every", "strict", "merge", "resume", "gradient_checkpointing", "device", "workers")
-
-
-def refuse_output_over_input(output: Path, source: Path, name: str) -> None:
-    """A run writes its checkpoints and weights under ``output``: never where they would overwrite
-    ``source`` (the same folder, a folder inside it, or one holding it)."""
-    out, inp = output.resolve(), source.resolve()
-    if out == inp or out.is_relative_to(inp) or inp.is_relative_to(out):
-        where = "is" if out == inp else "sits inside" if out.is_relative_to(inp) else "contains"
-        raise UserError(f"--output {output} {where} {name} ({source}); training never writes over its inputs: "
-                        "choose an --output outside it")
 
 
 @dataclass

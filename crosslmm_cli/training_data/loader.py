@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from ..errors import UserError
+from ..output_paths import refuse_output_over_input
 from ..finetune.data import collate, visual_stand_in
 from ..finetune.loader import decoding_worker
 from .dataset import GIVE_UP_AFTER, MixtureDataset
@@ -113,8 +114,6 @@ def micro_batch_seed(seed: int, first_sample: int) -> int:
 def open_sources(specs: list[dict], recipe: Path, output: Path) -> list[Source]:
     """The recipe's sources (paths relative to its folder); :class:`UserError` for one that names
     nothing, or one the output would write over."""
-    from ..finetune.train import refuse_output_over_input
-
     sources = []
     for spec in specs:
         source = open_source(spec["path"], spec["media"], recipe.resolve().parent)

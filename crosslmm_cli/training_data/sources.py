@@ -367,6 +367,10 @@ def open_files(path: str, files: list[Path], media: str | None, base: Path) -> S
     from ..finetune.data import annotation_file
 
     if len(files) == 1 and files[0].is_dir():
+        kinds = sorted({f.suffix for f in files[0].iterdir() if f.suffix in (".tar", ".parquet")})
+        if kinds and not any((files[0] / name).is_file() for name in ("annotations.jsonl", "annotations.json")):
+            raise UserError(f"source {path!r} is a folder of {kinds[0]} files; name them with a pattern: "
+                            f"{str(Path(path) / ('*' + kinds[0]))!r}")
         return AnnotationRows(path, [annotation_file(files[0])], files[0].resolve(), folder=True)
     suffixes = {f.suffix for f in files}
     if len(suffixes) > 1:

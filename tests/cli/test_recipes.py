@@ -297,6 +297,7 @@ def test_text_only_rows_of_a_source_train_and_are_counted(corpus, tiny_checkpoin
     ("bad-weight", "weight must be a positive number"),
     ("no-max-steps", "a recipe run needs max_steps"),
     ("not-yaml", "is not valid YAML"),
+    ("shards-folder", "source 'img' is a folder of .tar files; name them with a pattern: 'img/*.tar'"),
 ])
 def test_a_bad_recipe_is_one_line_before_step_1(corpus, tiny_checkpoint, tmp_path, case, message):
     if case == "all-bad":
@@ -304,7 +305,9 @@ def test_a_bad_recipe_is_one_line_before_step_1(corpus, tiny_checkpoint, tmp_pat
         with tarfile.open(tmp_path / "junk" / "j.tar", "w") as tar:
             add_member(tar, "a.jpg", b"junk")
             add_member(tar, "a.txt", b"a caption")
-    sources = {"empty": [{"path": "nothing/*.tar"}], "all-bad": [{"path": "junk/j.tar"}],
+    if case == "shards-folder":
+        write_image_shards(tmp_path / "img", 1, 2)
+    sources = {"empty": [{"path": "nothing/*.tar"}], "all-bad": [{"path": "junk/j.tar"}], "shards-folder": [{"path": "img"}],
                "bad-weight": [{"path": str(corpus / "pq" / "a.parquet"), "weight": -1}]}.get(
         case, [{"path": str(corpus / "pq" / "a.parquet")}])
     options = {"unknown-option": {"learning_rate": 1}, "no-max-steps": {"max_steps": None}}.get(case, {})
