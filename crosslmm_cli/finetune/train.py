@@ -22,9 +22,9 @@ from crosslmm.loading import save_partial_checkpoint
 from ..checkpoint_files import check_training_state, needs_code, read_config
 from ..errors import UserError
 from ..interrupts import remembered_interrupts
-from ..output_paths import refuse_output_over_input
 from ..jsonl_files import append_row, read_rows
 from ..model_source import cache_home, is_checkpoint_dir, open_model, pick_device
+from ..output_paths import refuse_output_over_input
 from .data import read_folder, video_missing
 from .loader import default_workers, make_loader, share_cores, take_problems
 from .sharding import check_sharding, unsharded_model
@@ -430,10 +430,12 @@ def finetune(settings: FinetuneSettings, report: Callable[[str], None] = lambda 
     if resumed_state is not None:
         load_training_state(accelerator, last_checkpoint)
         step, start_epoch, skip = resumed_state["step"], resumed_state["epoch"], resumed_state["batches_in_epoch"]
-        # accelerate restores its count of micro-batches and syncs gradients when the count is a multiple
-        # of the accumulation: counted with this run's accumulation, from the optimizer step resumed at
-        # (the saved count is the old run's, which another number of processes accumulates differently)
-        accelerator.step = step * settings.grad_accum
+        if elastic:
+            # accelerate restores its count of micro-batches and syncs gradients when the count is a
+            # multiple of the accumulation: counted with this run's accumulation from the step resumed at
+            # (the saved count is the old run's, which another number of processes accumulates
+            # differently; a folder run resumes on as many processes, and its epochs reset the count)
+            accelerator.step = step * settings.grad_accum
         report(f"resuming from {last_checkpoint.name} (step {step})")
     settings.output.mkdir(parents=True, exist_ok=True)
     metrics_path, samples_path = settings.output / "metrics.jsonl", settings.output / "samples.jsonl"

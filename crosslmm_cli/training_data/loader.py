@@ -16,9 +16,9 @@ import numpy as np
 import torch
 
 from ..errors import UserError
-from ..output_paths import refuse_output_over_input
 from ..finetune.data import collate, visual_stand_in
 from ..finetune.loader import decoding_worker
+from ..output_paths import refuse_output_over_input
 from .dataset import GIVE_UP_AFTER, MixtureDataset
 from .order import SampleOrder
 from .sources import AnnotationRows, Source, open_source

@@ -24,6 +24,7 @@ import av
 import numpy as np
 
 from . import mp4_index
+from .container import decoded_frames, open_video
 
 
 @dataclass
@@ -181,8 +182,6 @@ def _without_frames_never_shown(path: str, index: FrameIndex) -> FrameIndex:
     """``index`` less the frames before its first keyframe that a decode from the start never shows
     (the leading pictures of an open GOP cut at its start). Only a file whose first shown frame is
     not a keyframe is decoded, up to that keyframe."""
-    from .container import decoded_frames, open_video  # (it imports nothing of this module)
-
     flagged = np.flatnonzero(index.keyframe)
     if len(flagged) == 0 or flagged[0] == 0:
         return index
@@ -190,9 +189,12 @@ def _without_frames_never_shown(path: str, index: FrameIndex) -> FrameIndex:
     shown = set()
     container, stream = open_video(path)
     with container:
-        for frame in decoded_frames(container, stream):
-            shown.add(int(frame.pts))  # the first segment's own timestamps: its offset is 0
-            if frame.pts >= first_keyframe:
-                break
+        try:
+            for frame in decoded_frames(container, stream):
+                shown.add(int(frame.pts))  # the first segment's own timestamps: its offset is 0
+                if frame.pts >= first_keyframe:
+                    break
+        except av.FFmpegError:
+            return index  # a file that does not decode this far is judged where its frames are read
     kept = (index.pts >= first_keyframe) | np.isin(index.pts, list(shown))
     return index if kept.all() else index.keep(kept)
