@@ -250,8 +250,8 @@ def collate(batch: list[dict], pad_token_id: int, stand_in: dict | None = None) 
     """Right-pad ids (labels with IGNORE_INDEX) and videos (zero frames, counted in num_frames);
     ``problems`` lists the rows skipped for this batch (the training loop takes it out). A batch
     for which no readable video was found is only {"problems", "unreadable": True}. A batch of
-    text-only rows gets ``stand_in`` (see :func:`visual_stand_in`) as one more row; ``text_only``
-    counts the batch's own text-only rows (``text_only_samples`` names them in a recipe run)."""
+    text-only rows gets ``stand_in`` (see :func:`visual_stand_in`) as one more row, counted in
+    ``stand_in``; ``text_only_samples`` names the text-only rows of a recipe run."""
     problems = [problem for item in batch for problem in item["problems"]]
     if any(item["pixels"] is None for item in batch):
         return {"problems": problems, "unreadable": True}
@@ -267,7 +267,7 @@ def collate(batch: list[dict], pad_token_id: int, stand_in: dict | None = None) 
         length = len(item["input_ids"])
         input_ids[row, :length], labels[row, :length], attention_mask[row, :length] = item["input_ids"], item["labels"], 1
     collated = {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask, "problems": problems,
-                "text_only": len(text_only), "stand_in": len(batch) - len(rows)}
+                "stand_in": len(batch) - len(rows)}
     if any(len(item["pixels"]) for item in batch):
         collated["pixel_values_videos"], collated["num_frames"] = pad_videos([item["pixels"] for item in batch])
     if "sample" in rows[0]:  # a recipe run's (sample number, name), for samples.jsonl

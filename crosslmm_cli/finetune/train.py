@@ -465,7 +465,6 @@ def finetune(settings: FinetuneSettings, report: Callable[[str], None] = lambda 
                     step_samples += gather_object(samples)
                 else:
                     take_problems(batch, bad_videos, settings.strict, report)
-                    batch.pop("text_only")
                 stand_in = batch.pop("stand_in", 0)  # a row that learns nothing (see visual_stand_in)
                 with interrupts.deferred(), accelerator.accumulate(model):  # Ctrl-C waits for the step's end
                     loss = model(**batch).loss

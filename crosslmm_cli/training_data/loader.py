@@ -160,7 +160,6 @@ class Mixture:
         self.skips.take(batch)
         samples = batch.pop("samples")
         self.text_only.update(batch.pop("text_only_samples"))
-        batch.pop("text_only")  # counted by name above
         torch.manual_seed(micro_batch_seed(self.settings.seed, samples[0][0]))
         return {name: value.to(device) if isinstance(value, torch.Tensor) else value
                 for name, value in batch.items()}, samples

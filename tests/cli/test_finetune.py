@@ -721,7 +721,7 @@ def test_a_micro_batch_of_text_rows_trains_as_the_model_alone_would(tiny_open_ch
                      "problems": []})
     pad = processor.tokenizer.pad_token_id
     alone = collate(rows, pad)
-    assert "pixel_values_videos" not in alone and alone["text_only"] == 2
+    assert "pixel_values_videos" not in alone and alone["stand_in"] == 0
     with_stand_in = collate(rows, pad, stand_in=visual_stand_in(processor))
     assert with_stand_in["stand_in"] == 1 and with_stand_in["pixel_values_videos"].shape[:2] == (3, 1)
 
