@@ -285,18 +285,22 @@ QUESTION_FIELDS = {"video", "question", "answer"}
 
 def jsonl_files(data_dir: Path) -> tuple[list[Path], list[Path]]:
     """The question files ``--data-dir`` names (a ``.jsonl`` file, or every one in a folder whose
-    first row is a question), and the other ``.jsonl`` files of the folder (prompts, training rows)."""
+    rows are all questions), and the other ``.jsonl`` files of the folder (prompts, training rows,
+    a training file that mixes questions with other rows). A line that is not JSON does not decide:
+    :func:`jsonl_load` names it."""
     if data_dir.is_file():
         return [data_dir], []
     questions, others = [], []
     for table in _require(data_dir, "*.jsonl", "jsonl file"):
-        with open(table, encoding="utf-8-sig", errors="replace") as f:
-            first = next((line for line in f if line.strip()), "")
-        try:
-            row = json.loads(first)
-        except json.JSONDecodeError:
-            row = None
-        (questions if isinstance(row, dict) and QUESTION_FIELDS <= set(row) else others).append(table)
+        rows = []
+        for line in table.read_text(encoding="utf-8-sig", errors="replace").splitlines():
+            try:
+                rows.append(json.loads(line) if line.strip() else None)
+            except json.JSONDecodeError:
+                continue
+        rows = [row for row in rows if row is not None]
+        asked = bool(rows) and all(isinstance(row, dict) and QUESTION_FIELDS <= set(row) for row in rows)
+        (questions if asked else others).append(table)
     if not questions:
         raise UserError(f"{data_dir} holds no file of {{video, question, answer}} rows (.jsonl); point --data-dir at "
                         "the questions file or its folder")

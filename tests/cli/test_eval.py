@@ -291,10 +291,13 @@ def test_jsonl_files_beside_the_questions_are_passed_over_in_one_line_or_the_que
     shutil.copytree(jsonl_dir, folder)
     (folder / "prompts.jsonl").write_text(json.dumps({"video": "clips/a.mp4", "prompt": "Describe it."}) + "\n")
     (folder / "train.jsonl").write_text(json.dumps({"video": "clips/a.mp4", "caption": "A clip."}) + "\n")
+    (folder / "mixed.jsonl").write_text(  # a training file whose first row is a question, its second not
+        json.dumps({"video": "clips/a.mp4", "question": "Q?", "answer": "A."}) + "\n"
+        + json.dumps({"conversations": [{"from": "human", "value": "Hi."}, {"from": "gpt", "value": "Hello."}]}) + "\n")
     result = run_eval("jsonl", "--data-dir", str(folder), *common(tiny_checkpoint, tmp_path / "folder"))
     assert result.exit_code == 0, result.output
     text = " ".join(result.output.split())
-    for name in ("prompts.jsonl", "train.jsonl"):
+    for name in ("prompts.jsonl", "train.jsonl", "mixed.jsonl"):
         assert f"skipped {name}: its rows are not {{video, question, answer}} questions" in text
     by_name = run_eval("jsonl", "--data-dir", str(folder / "questions.jsonl"), *common(tiny_checkpoint, tmp_path / "file"))
     assert by_name.exit_code == 0 and "skipped" not in by_name.output, by_name.output
