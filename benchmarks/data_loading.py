@@ -41,11 +41,13 @@ from benchmarks.rate_bars import rate_bars  # noqa: E402
 from crosslmm import save_checkpoint  # noqa: E402
 from crosslmm.builders import build_tiny  # noqa: E402
 from crosslmm_cli.app import quiet_libraries  # noqa: E402
-from crosslmm_cli.finetune import data  # noqa: E402
-from crosslmm_cli.finetune.loader import default_workers  # noqa: E402
 from crosslmm_cli.finetune.train import FinetuneSettings, finetune  # noqa: E402
 from crosslmm_cli.synthetic_video import moving_pattern_frames, write_video  # noqa: E402
-from crosslmm_cli.video import probe  # noqa: E402
+from crosslmm_cli.training_data.dataset import MixtureDataset  # noqa: E402
+from crosslmm_cli.training_data.folder import FolderRows  # noqa: E402
+from crosslmm_cli.training_data.order import SampleOrder  # noqa: E402
+from crosslmm_cli.training_data.workers import default_workers  # noqa: E402
+from crosslmm_cli.video import SamplingRequest, probe  # noqa: E402
 
 FRAMES = 8
 LOADERS = ("before", "default", "pre-decoded", "pre-decoded, no workers")
@@ -87,15 +89,18 @@ class PreDecoded:
     """Every clip decoded once, before the runs; the workers (forked) find them in memory."""
 
     def __init__(self, folder: Path, processor):
-        dataset = data.VideoQADataset(data.read_folder(folder).rows, processor, FRAMES)
-        self.pixels = {row.video: dataset.pixels(row.video) for row in dataset.rows}
-        self.decode = data.VideoQADataset.pixels
+        source = FolderRows(folder.name, folder)
+        source.survey()
+        dataset = MixtureDataset(SampleOrder([source], [1.0], seed=0), processor, FRAMES)
+        request = SamplingRequest(FRAMES, max_side=2 * processor.image_size)
+        self.pixels = {path: dataset.file_frames(path, request) for path in sorted(folder.glob("*.mp4"))}
+        self.decode = MixtureDataset.file_frames
 
     def __enter__(self):
-        data.VideoQADataset.pixels = lambda dataset, video: self.pixels[video]
+        MixtureDataset.file_frames = lambda dataset, path, request: self.pixels[path]
 
     def __exit__(self, *_):
-        data.VideoQADataset.pixels = self.decode
+        MixtureDataset.file_frames = self.decode
 
 
 def plot(report: dict, png: Path) -> None:

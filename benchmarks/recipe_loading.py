@@ -38,10 +38,10 @@ from benchmarks.rate_bars import rate_bars  # noqa: E402
 from crosslmm import save_checkpoint  # noqa: E402
 from crosslmm.builders import build_tiny  # noqa: E402
 from crosslmm_cli.app import quiet_libraries  # noqa: E402
-from crosslmm_cli.finetune.loader import default_workers  # noqa: E402
 from crosslmm_cli.finetune.train import FinetuneSettings, finetune  # noqa: E402
 from crosslmm_cli.synthetic_shards import write_image_shards, write_video_shards  # noqa: E402
 from crosslmm_cli.training_data.dataset import MixtureDataset  # noqa: E402
+from crosslmm_cli.training_data.workers import default_workers  # noqa: E402
 
 FRAMES, BATCH = 8, 2
 LOADERS = ("default", "pre-decoded")

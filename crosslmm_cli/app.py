@@ -314,7 +314,7 @@ def finetune(
     tokens_per_frame: Annotated[Optional[int], typer.Option(help="pooled tokens per frame")] = None,
     seed: Annotated[int, typer.Option(help="seeds initialisation order, data order and dropout")] = 0,
     save_every: Annotated[int, typer.Option(help="optimizer steps between checkpoints")] = 100,
-    strict: Annotated[bool, typer.Option(help="a bad annotation row stops the run instead of being skipped")] = False,
+    strict: Annotated[bool, typer.Option(help="a damaged file, bad row or unusable sample stops the run instead of being skipped")] = False,
     merge: Annotated[bool, typer.Option(help="write full weights even where trained-only + base pointer is smaller")] = False,
     resume: Annotated[bool, typer.Option(help="continue from the last checkpoint in --output")] = False,
     gradient_checkpointing: Annotated[bool, typer.Option(help="recompute activations in backward to save memory")] = True,
@@ -323,7 +323,7 @@ def finetune(
     device: Annotated[Optional[str], typer.Option(help="cuda or cpu (default: cuda when present)")] = None,
     workers: Annotated[Optional[int], typer.Option(help="processes decoding videos ahead of the step (default: one "
                                                         "per core of the training process, at most 8; 0: none)")] = None,
-    global_batch: Annotated[Optional[int], typer.Option(help="recipe runs: samples per optimizer step over all processes "
+    global_batch: Annotated[Optional[int], typer.Option(help="samples per optimizer step over all processes "
                                                              "(default: batch size x accumulation x processes)")] = None,
 ) -> None:
     """Train CrossLMM on a folder of videos and annotations, or on the sources of a recipe (the
@@ -362,8 +362,8 @@ def finetune(
                         progress=progress)
     if summary is None:  # a process other than the main one
         return
-    stderr.print(f"[green]trained[/] {summary['steps']} steps on {summary['rows']} rows "
-                 f"({summary['skipped_rows']} skipped); {summary['trained_parameters']:,} trained parameters; "
+    stderr.print(f"[green]trained[/] {summary['steps']} steps on {summary['samples']} samples "
+                 f"({summary['skipped']} skipped); {summary['trained_parameters']:,} trained parameters; "
                  f"saved {summary['saved']} to {output}", highlight=False)
 
 

@@ -28,7 +28,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from crosslmm_cli.finetune.data import collate, tokenize_conversation  # noqa: E402
+from crosslmm_cli.training_data.collate import collate  # noqa: E402
+from crosslmm_cli.training_data.tokens import tokenize_conversation  # noqa: E402
 from make_data import CELLS, grid, question  # noqa: E402
 from crosslmm.builders import build_tiny  # noqa: E402
 

@@ -1,5 +1,6 @@
 """The training run: the paper's two stages on the same model core, driven by accelerate (DDP over
-torchrun / ``accelerate launch``, gloo on CPU), with periodic checkpoints and exact resumption."""
+torchrun / ``accelerate launch``, gloo on CPU), with periodic checkpoints and exact resumption. The
+data, a training folder or a recipe's sources, is read by crosslmm_cli.training_data."""
 
 from __future__ import annotations
 
@@ -25,8 +26,8 @@ from ..interrupts import remembered_interrupts
 from ..jsonl_files import append_row, read_rows
 from ..model_source import cache_home, is_checkpoint_dir, open_model, pick_device
 from ..output_paths import refuse_output_over_input
-from .data import read_folder, video_missing
-from .loader import default_workers, make_loader, share_cores, take_problems
+from ..training_data.loader import Mixture, open_sources, report_damage
+from ..training_data.workers import default_workers, share_cores
 from .sharding import check_sharding, unsharded_model
 
 STAGE_LR = {1: 1e-3, 2: 1e-5}  # paper Table 3 (connector & LLM); the vision tower gets --vision-lr
@@ -54,13 +55,13 @@ class FinetuneSettings:
     batch_size: int = 1
     grad_accum: int = 1
     epochs: int = 1
-    max_steps: int | None = None  # optimizer steps; overrides epochs
+    max_steps: int | None = None  # optimizer steps; overrides epochs (a recipe run needs it)
     warmup_ratio: float = 0.03
     frames: int = 8
     tokens_per_frame: int | None = None
     seed: int = 0
     save_every: int = 100  # optimizer steps between checkpoints
-    strict: bool = False  # a bad annotation row is fatal instead of skipped
+    strict: bool = False  # a damaged file, a bad row or an unusable sample stops the run instead of being skipped
     merge: bool = False  # write full weights even where trained-only + base pointer is smaller
     resume: bool = False
     gradient_checkpointing: bool = True
@@ -69,7 +70,7 @@ class FinetuneSettings:
     device: str | None = None
     workers: int | None = None  # DataLoader worker processes decoding ahead (None: one per core, at most 8)
     sources: list[dict] | None = None  # a recipe's sources ({"path", "weight", "media"}); None: the folder
-    global_batch: int | None = None  # recipe runs: samples per optimizer step over all processes
+    global_batch: int | None = None  # samples per optimizer step over all processes
 
     def __post_init__(self):
         if self.stage not in (1, 2):
@@ -111,13 +112,12 @@ class FinetuneSettings:
         values["folder"] = str(self.folder.resolve())
         values["model"] = str(Path(self.model).resolve()) if Path(self.model).exists() else self.model
         values.pop("output")
-        if self.sources is not None:  # the micro-batches per step follow from the global batch and the processes
-            values.pop("grad_accum")
+        values.pop("grad_accum")  # the micro-batches per step follow from the global batch and the processes
         return values
 
     def fit_global_batch(self, processes: int) -> None:
-        """Recipe runs: the global batch (default: batch size x accumulation x processes) is what a
-        run keeps when resumed on another number of processes; the accumulation follows from it."""
+        """The global batch (default: batch size x accumulation x processes) is what a run keeps when
+        resumed on another number of processes; the accumulation follows from it."""
         self.global_batch = self.global_batch or self.batch_size * self.grad_accum * processes
         if self.global_batch % (self.batch_size * processes):
             raise UserError(f"--global-batch {self.global_batch} is not a multiple of --batch-size {self.batch_size} x "
@@ -228,14 +228,12 @@ def latest_checkpoint(settings: FinetuneSettings) -> Path | None:
     return found[-1] if found else None
 
 
-def launched_as(accelerator, elastic: bool) -> dict:
-    """How the run is spread: sharded (FSDP) and whole (DDP) checkpoints do not read each other,
-    and a folder run's data order depends on the number of processes (a recipe run's does not:
-    it is ``elastic``)."""
+def launched_as(accelerator) -> dict:
+    """How the run is spread: sharded (FSDP) and whole (DDP) checkpoints do not read each other. The
+    number of processes may change (the data order does not depend on it)."""
     from accelerate.utils import DistributedType
 
-    launch = {"fsdp": accelerator.distributed_type == DistributedType.FSDP}
-    return launch if elastic else {"processes": accelerator.num_processes, **launch}
+    return {"fsdp": accelerator.distributed_type == DistributedType.FSDP}
 
 
 def saved_settings(checkpoint: Path) -> dict:
@@ -249,6 +247,9 @@ def check_resumable(checkpoint: Path, settings: FinetuneSettings, launch: dict) 
     or when it is launched differently (see launched_as)."""
     state = json.loads((checkpoint / TRAINER_STATE).read_text())
     saved, now = state.get("settings", {}), settings.run_settings()
+    if saved.get("global_batch") is None:  # a folder run of crosslmm before its folders became a source
+        raise UserError(f"--resume: the run in {settings.output} was saved by an earlier crosslmm, which read a training "
+                        "folder in another order; finish it with that version, or start a new --output")
     changed = [name for name in saved if name in now and saved[name] != now[name]]
     if changed:
         differences = "; ".join(f"--{n.replace('_', '-')} was {saved[n]!r}, now {now[n]!r}" for n in changed)
@@ -258,10 +259,7 @@ def check_resumable(checkpoint: Path, settings: FinetuneSettings, launch: dict) 
     saved_launch = {key: value for key, value in state.get("launch", launch).items() if key in launch}
     if saved_launch != launch:
         def spread(how: dict) -> str:
-            processes = how.get("processes")
-            if processes is None:  # an elastic run: only sharded or not matters
-                return "sharded (FSDP)" if how["fsdp"] else "whole copies (one process or DDP)"
-            return f"{processes} process{'es' if processes > 1 else ''}{' with FSDP' if how['fsdp'] else ''}"
+            return "sharded (FSDP)" if how["fsdp"] else "whole copies (one process or DDP)"
 
         raise UserError(f"--resume: the run in {settings.output} was launched as {spread(saved_launch)}, this one as "
                         f"{spread(launch)}; launch it as it was, or start a new --output")
@@ -345,20 +343,18 @@ def plot_loss(metrics_path: Path, png: Path) -> None:
 # ---- the run ----------------------------------------------------------------------------------------
 def finetune(settings: FinetuneSettings, report: Callable[[str], None] = lambda _: None,
              progress: Callable[[int, int], Callable[[dict], None]] | None = None) -> dict | None:
-    from accelerate import Accelerator, DataLoaderConfiguration, DistributedDataParallelKwargs, PartialState
+    from accelerate import Accelerator, DistributedDataParallelKwargs, PartialState
     from accelerate.utils import gather_object, set_seed
     from transformers import get_cosine_schedule_with_warmup
 
     on_cuda = settings.device.startswith("cuda")
-    elastic = settings.sources is not None
     last_checkpoint = latest_checkpoint(settings)
-    if elastic:
-        if settings.resume and settings.global_batch is None and last_checkpoint is not None:
-            settings.global_batch = saved_settings(last_checkpoint).get("global_batch")  # what the run kept
-        settings.fit_global_batch(PartialState(cpu=not on_cuda).num_processes)
+    if settings.resume and settings.global_batch is None and last_checkpoint is not None:
+        settings.global_batch = saved_settings(last_checkpoint).get("global_batch")  # what the run kept
+    settings.fit_global_batch(PartialState(cpu=not on_cuda).num_processes)
     accelerator = Accelerator(
         gradient_accumulation_steps=settings.grad_accum, mixed_precision="bf16" if on_cuda else "no", cpu=not on_cuda,
-        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True), step_scheduler_with_optimizer=False,
+        step_scheduler_with_optimizer=False,
         # configure_stage trains only what every forward reaches (a stage's unused parts stay frozen),
         # so DDP need not search the graph for unused parameters after each backward
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=False)],
@@ -369,26 +365,18 @@ def finetune(settings: FinetuneSettings, report: Callable[[str], None] = lambda 
         raise UserError(f"--resume: {settings.checkpoints} holds no checkpoint to resume from")
     if not settings.resume and last_checkpoint is not None:
         raise UserError(f"{settings.output} already holds a training run; pass --resume to continue it, or choose another --output")
-    launch = launched_as(accelerator, elastic)
+    launch = launched_as(accelerator)
     resumed_state = check_resumable(last_checkpoint, settings, launch) if settings.resume else None
     if resumed_state is not None:
         check_training_state(last_checkpoint)
-    if elastic:
-        from crosslmm_cli.training_data.loader import Mixture, open_sources  # (it imports this module)
-
-        sources = open_sources(settings.sources, settings.folder, settings.output)
-        damaged = report_damage(sources, settings.strict, report if accelerator.is_main_process else lambda _: None)
+    if settings.sources is None:  # a training folder: one source, whose size is known
+        specs, base = [{"path": str(settings.folder), "weight": 1.0, "media": None}], Path.cwd()
     else:
-        folder = read_folder(settings.folder, check_videos=video_missing)
-        for problem in folder.problems:
-            report(f"skipped {problem}" if not settings.strict else problem)
-        if folder.problems and settings.strict:
-            raise UserError(f"{len(folder.problems)} bad annotation rows (first: {folder.problems[0]}); fix them or drop --strict")
-        text_rows = sum(row.video is None for row in folder.rows)
-        if text_rows:
-            report(f"{text_rows} text-only rows (no video): trained without frames")
-        if not folder.rows:
-            raise UserError(f"{settings.folder}: no usable annotation rows")
+        specs, base = settings.sources, settings.folder.resolve().parent
+    sources = open_sources(specs, base, settings.output)
+    damaged = report_damage(sources, settings.strict, report if accelerator.is_main_process else lambda _: None)
+    rows = sources[0].count(0) if settings.sources is None else None  # a folder's rows: an epoch
+    total_steps = settings.max_steps or math.ceil(rows * settings.epochs / settings.global_batch)
 
     workers = default_workers() if settings.workers is None else settings.workers
     if not on_cuda:
@@ -407,106 +395,73 @@ def finetune(settings: FinetuneSettings, report: Callable[[str], None] = lambda 
     trained = trained_tensor_names(model)
     trained_parameters = sum(p.numel() for g in groups for p in g["params"])
 
-    if elastic:
-        mixture = Mixture(sources, [s["weight"] for s in settings.sources], processor, settings, workers, on_cuda,
-                          accelerator.process_index, accelerator.num_processes)
-        mixture.check()  # every source yields a sample, before step 1
-        total_steps, epochs = settings.max_steps, 1
-    else:
-        loader = make_loader(folder.rows, processor, settings.frames, settings.batch_size, settings.seed, workers,
-                             pin_memory=on_cuda)
-        steps_per_epoch = math.ceil(len(loader) / (settings.grad_accum * accelerator.num_processes))
-        total_steps = settings.max_steps or steps_per_epoch * settings.epochs
-        epochs = math.ceil(total_steps / steps_per_epoch)
+    mixture = Mixture(sources, [s["weight"] for s in specs], processor, settings, workers, on_cuda,
+                      accelerator.process_index, accelerator.num_processes)
+    mixture.check()  # every source yields a sample, before step 1
     optimizer = torch.optim.AdamW(groups, weight_decay=0.0)
     scheduler = get_cosine_schedule_with_warmup(optimizer, int(settings.warmup_ratio * total_steps), total_steps)
-    if elastic:  # its loader is its own: each process reads the samples of its place in each step
-        model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
-    else:
-        model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
+    # the loader is the mixture's own: each process reads the samples of its place in each step
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     accelerator.register_save_state_pre_hook(keep_only(set(trained)))
 
-    step, start_epoch, skip = 0, 0, 0
+    step = 0
     if resumed_state is not None:
         load_training_state(accelerator, last_checkpoint)
-        step, start_epoch, skip = resumed_state["step"], resumed_state["epoch"], resumed_state["batches_in_epoch"]
-        if elastic:
-            # accelerate restores its count of micro-batches and syncs gradients when the count is a
-            # multiple of the accumulation: counted with this run's accumulation from the step resumed at
-            # (the saved count is the old run's, which another number of processes accumulates
-            # differently; a folder run resumes on as many processes, and its epochs reset the count)
-            accelerator.step = step * settings.grad_accum
+        step = resumed_state["step"]
+        # accelerate restores its count of micro-batches and syncs gradients when the count is a
+        # multiple of the accumulation: counted with this run's accumulation from the step resumed at
+        # (the saved count is the old run's, which another number of processes accumulates differently)
+        accelerator.step = step * settings.grad_accum
         report(f"resuming from {last_checkpoint.name} (step {step})")
     settings.output.mkdir(parents=True, exist_ok=True)
     metrics_path, samples_path = settings.output / "metrics.jsonl", settings.output / "samples.jsonl"
     if accelerator.is_main_process:  # keep the rows up to the step resumed from (an interrupt may have written
         # more, and a crash half a line)
-        for path in (metrics_path, samples_path) if elastic else (metrics_path,):
+        for path in (metrics_path, samples_path):
             kept = [row for row in read_rows(path) if settings.resume and row["step"] <= step]
             path.write_text("".join(json.dumps(row) + "\n" for row in kept))
     tick = progress(total_steps, step) if progress and accelerator.is_main_process else (lambda row: None)
 
     began, window_samples, losses, step_samples = time.perf_counter(), 0, [], []
-    bad_videos: dict[int, str] = {}  # line -> problem, for rows whose video a worker could not decode
     with remembered_interrupts() as interrupts:  # a Ctrl-C dropped by a finaliser is raised at the next batch
-        for epoch in range(start_epoch, epochs):
-            if elastic:
-                batches = mixture.batches(step, total_steps)
-            else:
-                if hasattr(loader, "set_epoch"):
-                    loader.set_epoch(epoch)
-                batches = accelerator.skip_first_batches(loader, skip) if skip else loader
-            seen = skip
-            skip = 0
-            for batch in batches:
-                interrupts.check()
-                if elastic:
-                    batch, samples = mixture.take(batch, report, accelerator.device)
-                    step_samples += gather_object(samples)
-                else:
-                    take_problems(batch, bad_videos, settings.strict, report)
-                stand_in = batch.pop("stand_in", 0)  # a row that learns nothing (see visual_stand_in)
-                with interrupts.deferred(), accelerator.accumulate(model):  # Ctrl-C waits for the step's end
-                    loss = model(**batch).loss
-                    accelerator.backward(loss)
-                    grad_norm = None
-                    if accelerator.sync_gradients:
-                        # the optimizer's parameters: under FSDP they are the shards that replaced the model's
-                        trained_shards = [p for g in optimizer.param_groups for p in g["params"]]
-                        grad_norm = accelerator.clip_grad_norm_(trained_shards, 1.0)
-                    optimizer.step()
-                    if accelerator.sync_gradients:
-                        scheduler.step()  # once per optimizer step, on any number of processes
-                    optimizer.zero_grad()
-                seen += 1
-                losses.append(accelerator.gather(loss.detach()[None]).mean().item())
-                window_samples += (len(batch["input_ids"]) - stand_in) * accelerator.num_processes
-                if not accelerator.sync_gradients:
-                    continue
-                step += 1
-                elapsed = time.perf_counter() - began
-                row = {"step": step, "epoch": epoch, "loss": sum(losses) / len(losses), "lr": scheduler.get_last_lr()[0],
-                       "grad_norm": float(grad_norm) if grad_norm is not None else None,
-                       "samples_per_s": window_samples / elapsed if elapsed > 0 else 0.0}
-                losses, window_samples, began = [], 0, time.perf_counter()
-                if accelerator.is_main_process:
-                    append_row(metrics_path, row)
-                    if elastic:
-                        append_row(samples_path, {"step": step, "samples": [name for _, name in sorted(step_samples)]})
-                step_samples = []
-                tick(row)
-                if step % settings.save_every == 0 or step == total_steps:
-                    save_state(accelerator, settings, launch, step, epoch, seen)
-                if step >= total_steps:
-                    break
-            if step >= total_steps:
-                break
+        for batch in mixture.batches(step, total_steps):
+            interrupts.check()
+            batch, samples = mixture.take(batch, report, accelerator.device)
+            step_samples += gather_object(samples)
+            stand_in = batch.pop("stand_in", 0)  # a row that learns nothing (see visual_stand_in)
+            with interrupts.deferred(), accelerator.accumulate(model):  # Ctrl-C waits for the step's end
+                loss = model(**batch).loss
+                accelerator.backward(loss)
+                grad_norm = None
+                if accelerator.sync_gradients:
+                    # the optimizer's parameters: under FSDP they are the shards that replaced the model's
+                    trained_shards = [p for g in optimizer.param_groups for p in g["params"]]
+                    grad_norm = accelerator.clip_grad_norm_(trained_shards, 1.0)
+                optimizer.step()
+                if accelerator.sync_gradients:
+                    scheduler.step()  # once per optimizer step, on any number of processes
+                optimizer.zero_grad()
+            losses.append(accelerator.gather(loss.detach()[None]).mean().item())
+            window_samples += (len(batch["input_ids"]) - stand_in) * accelerator.num_processes
+            if not accelerator.sync_gradients:
+                continue
+            elapsed = time.perf_counter() - began
+            row = {"step": step + 1, "epoch": step * settings.global_batch // rows if rows else None,
+                   "loss": sum(losses) / len(losses), "lr": scheduler.get_last_lr()[0],
+                   "grad_norm": float(grad_norm) if grad_norm is not None else None,
+                   "samples_per_s": window_samples / elapsed if elapsed > 0 else 0.0}
+            step += 1
+            losses, window_samples, began = [], 0, time.perf_counter()
+            if accelerator.is_main_process:
+                append_row(metrics_path, row)
+                append_row(samples_path, {"step": step, "samples": [name for _, name in sorted(step_samples)]})
+            step_samples = []
+            tick(row)
+            if step % settings.save_every == 0 or step == total_steps:
+                save_state(accelerator, settings, launch, step)
 
     accelerator.wait_for_everyone()
-    if elastic:
-        skipped, text_only = mixture.skipped_counts(gather_object), mixture.text_only_counts(gather_object)
-    else:
-        bad_lines = set(gather_object(sorted(bad_videos)))  # what every process found
+    skipped, text_only = mixture.skipped_counts(gather_object), mixture.text_only_counts(gather_object)
     gathered = accelerator.get_state_dict(model) if sharded else None  # every process sends its shards
     written = None
     if accelerator.is_main_process:
@@ -516,32 +471,20 @@ def finetune(settings: FinetuneSettings, report: Callable[[str], None] = lambda 
     accelerator.wait_for_everyone()
     if not accelerator.is_main_process:
         return None
-    if elastic:
-        for number, count in sorted(skipped.items()):
-            report(f"source {number} ({settings.sources[number]['path']}): {count} unusable samples skipped")
-        for number, count in sorted(text_only.items()):
-            report(f"source {number} ({settings.sources[number]['path']}): {count} text-only samples trained "
-                   "(no image or video)")
-        for number, count in sorted(damaged.items()):
-            report(f"source {number} ({settings.sources[number]['path']}): {count} missing or damaged files "
-                   "(listed before step 1)")
-        return {"steps": step, "rows": step * settings.global_batch, "skipped_rows": sum(skipped.values()),
-                "saved": written, "trained_parameters": trained_parameters}
-    return {"steps": step, "rows": len(folder.rows) - len(bad_lines), "skipped_rows": len(folder.problems) + len(bad_lines),
+    for number, spec in enumerate(specs):
+        named = f"source {number} ({spec['path']})"
+        if skipped[number]:
+            report(f"{named}: {skipped[number]} unusable samples skipped")
+        if text_only[number]:
+            report(f"{named}: {text_only[number]} text-only samples trained (no image or video)")
+        files, bad_rows = damaged.get(number, (0, 0))
+        if files:
+            report(f"{named}: {files} missing or damaged files (listed before step 1)")
+        if bad_rows:
+            report(f"{named}: {bad_rows} bad rows left out (listed before step 1)")
+    return {"steps": step, "samples": step * settings.global_batch,
+            "skipped": sum(skipped.values()) + sum(bad for _, bad in damaged.values()),
             "saved": written, "trained_parameters": trained_parameters}
-
-
-def report_damage(sources: list, strict: bool, report: Callable[[str], None]) -> dict[int, int]:
-    """Report each missing or damaged file of the sources (what it costs); under ``strict`` the first
-    one stops the run. Returns the count per source."""
-    damaged = {}
-    for number, source in enumerate(sources):
-        for line in source.damage():
-            if strict:
-                raise UserError(f"source {number} ({source.spec}): {line}; fix or remove the file, or drop --strict")
-            report(f"source {number} ({source.spec}): {line}")
-            damaged[number] = damaged.get(number, 0) + 1
-    return damaged
 
 
 def load_training_state(accelerator, checkpoint: Path) -> None:
@@ -555,10 +498,10 @@ def load_training_state(accelerator, checkpoint: Path) -> None:
         raise needs_code(checkpoint, error) from None
 
 
-def save_state(accelerator, settings: FinetuneSettings, launch: dict, step: int, epoch: int, batches_in_epoch: int) -> None:
-    """accelerate's training state (trained tensors, optimizer, scheduler, RNG), where the data order
-    stands and the run's settings, written under a temporary name and renamed when complete (an
-    interrupt mid-save leaves the previous checkpoints as they were); the two newest are kept."""
+def save_state(accelerator, settings: FinetuneSettings, launch: dict, step: int) -> None:
+    """accelerate's training state (trained tensors, optimizer, scheduler, RNG), the step and the
+    run's settings, written under a temporary name and renamed when complete (an interrupt mid-save
+    leaves the previous checkpoints as they were); the two newest are kept."""
     final = settings.checkpoints / f"step-{step:06d}"
     partial = settings.checkpoints / f".partial-step-{step:06d}"
     if accelerator.is_main_process:
@@ -567,8 +510,7 @@ def save_state(accelerator, settings: FinetuneSettings, launch: dict, step: int,
     accelerator.save_state(str(partial))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        state = {"step": step, "epoch": epoch, "batches_in_epoch": batches_in_epoch, "settings": settings.run_settings(),
-                 "launch": launch}
+        state = {"step": step, "settings": settings.run_settings(), "launch": launch}
         (partial / TRAINER_STATE).write_text(json.dumps(state, indent=1))
         shutil.rmtree(final, ignore_errors=True)  # a step saved again after resuming from an earlier one
         partial.rename(final)

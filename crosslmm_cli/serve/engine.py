@@ -22,7 +22,7 @@ from crosslmm.cross_attention import VisualMemory
 from ..ask import MAX_SIDE, encode_video_frames
 from ..errors import UserError
 from ..video import SamplingRequest, read_frames
-from .budget_lru import BudgetLru
+from ..budget_lru import BudgetLru
 from .media import Media, MediaResolver, image_frames
 from .metrics import ServeMetrics
 from .prefix_cache import PrefixCache

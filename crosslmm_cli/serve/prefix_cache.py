@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 from transformers import DynamicCache
 
-from .budget_lru import BudgetLru
+from ..budget_lru import BudgetLru
 
 
 @dataclass

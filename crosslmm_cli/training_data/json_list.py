@@ -3,14 +3,13 @@ M4-Instruct ship so), read without holding the list: one streaming pass finds wh
 text starts and ends in the file, the spans are kept as a ``.npy`` array, and an item is read by
 seeking to its span and parsing those bytes alone. The pass parses each item once with the
 standard library's decoder and keeps only the current window of the file (a few MB); the array is
-16 bytes an item, memory-mapped by every process that reads it, so loader workers share its pages.
+16 bytes an item, kept by :mod:`index_cache`.
 """
 
 from __future__ import annotations
 
 import codecs
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -88,24 +87,6 @@ def item_spans(path: Path, window_bytes: int = WINDOW_BYTES) -> np.ndarray:
                 raise NotAJsonList(f"ends after item {len(spans)} without ']' (cut short?)" if mark is None
                                    else f"expected ',' or ']' after item {len(spans)}, found {mark!r}")
             at, at_byte = at + 1, at_byte + 1
-
-
-def cached_spans(path: Path, folder: Path | None) -> np.ndarray:
-    """The item spans of ``path``, from ``folder``'s cache when it holds them for this very file
-    (same size and modification time), else found and kept there (written under a temporary name
-    and renamed: processes that build it at once each write a whole file). Memory-mapped."""
-    if folder is None:
-        return item_spans(path)
-    stat = path.stat()
-    cache = folder / f"{path.name}.{stat.st_size}.{stat.st_mtime_ns}.spans.npy"
-    if not cache.is_file():
-        spans = item_spans(path)
-        folder.mkdir(parents=True, exist_ok=True)
-        partial = cache.with_suffix(f".{os.getpid()}.partial")
-        with open(partial, "wb") as f:
-            np.save(f, spans)
-        os.replace(partial, cache)
-    return np.load(cache, mmap_mode="r", allow_pickle=False)
 
 
 def read_item(path: Path, span) -> object:

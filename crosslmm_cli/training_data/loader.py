@@ -16,14 +16,15 @@ import numpy as np
 import torch
 
 from ..errors import UserError
-from ..finetune.data import collate, visual_stand_in
-from ..finetune.loader import decoding_worker
 from ..output_paths import refuse_output_over_input
+from .collate import collate, visual_stand_in
 from .dataset import GIVE_UP_AFTER, MixtureDataset
+from .folder import FolderRows
 from .order import SampleOrder
-from .sources import AnnotationRows, Source, open_source
+from .sources import Source, open_source
+from .workers import CLIP_CACHE_BYTES, decoding_worker
 
-JSON_INDEX = ".json-index"  # under the output
+INDEX_DIR = ".json-index"  # under the output: the indexes of JSON and JSON-lines files
 
 
 class StepSampler(torch.utils.data.Sampler):
@@ -73,8 +74,9 @@ def check_sources(dataset: MixtureDataset) -> None:
         item = dataset.from_stream(number, 0)
         if item["pixels"] is None:
             _, key, what = item["problems"][0]
-            raise UserError(f"source {number} ({source.spec}): none of its first {GIVE_UP_AFTER} samples could be "
-                            f"read (first: {key}: {what}); fix the data or remove the source from the recipe")
+            tried = len({key for _, key, _ in item["problems"]})
+            raise UserError(f"source {number} ({source.spec}): none of its samples could be read ({tried} tried; "
+                            f"first: {key}: {what}); fix the data or remove the source")
 
 
 class Skips:
@@ -111,22 +113,44 @@ def micro_batch_seed(seed: int, first_sample: int) -> int:
     return int(np.random.SeedSequence([seed, first_sample]).generate_state(1)[0])
 
 
-def open_sources(specs: list[dict], recipe: Path, output: Path) -> list[Source]:
-    """The recipe's sources (paths relative to its folder); :class:`UserError` for one that names
+def open_sources(specs: list[dict], base: Path, output: Path) -> list[Source]:
+    """The sources (paths relative to ``base``), surveyed; :class:`UserError` for one that names
     nothing, or one the output would write over."""
     sources = []
     for spec in specs:
-        source = open_source(spec["path"], spec["media"], recipe.resolve().parent)
-        if isinstance(source, AnnotationRows) and source.spec_is_folder:
-            refuse_output_over_input(output, source.media_root, f"source {spec['path']!r}")
+        source = open_source(spec["path"], spec["media"], base)
+        if isinstance(source, FolderRows):
+            refuse_output_over_input(output, source.media_root, f"the data folder {spec['path']!r}")
         for file in source.files():
             if file.resolve() == output.resolve() or file.resolve().is_relative_to(output.resolve()):
                 raise UserError(f"--output {output} holds {file}, an input of source {spec['path']!r}; training never "
                                 "writes over its inputs: choose an --output outside it")
-        if isinstance(source, AnnotationRows):
-            source.index_dir = output / JSON_INDEX  # a .json list's item spans, found once for every process
+        source.index_dir = output / INDEX_DIR  # a file's indexes, found once for every process
+        source.survey()
         sources.append(source)
     return sources
+
+
+def report_damage(sources: list[Source], strict: bool, report: Callable[[str], None]) -> dict[int, tuple[int, int]]:
+    """Report each missing or damaged file and each bad row of the sources, with what it costs;
+    under ``strict`` any of them stops the run (after all are listed), and so does a source left
+    with nothing to train on. Returns (damaged files, bad rows) per source."""
+    found, first = {}, None
+    for number, source in enumerate(sources):
+        files, rows = source.damage(), source.bad_rows
+        for line in files + rows:
+            report(f"source {number} ({source.spec}): {line}")
+            first = first or f"source {number} ({source.spec}): {line}"
+        if files or rows:
+            found[number] = (len(files), len(rows))
+        if isinstance(source, FolderRows) and not source.count(0):
+            bad = f" ({len(rows)} bad rows, listed above)" if rows else ""
+            raise UserError(f"source {number} ({source.spec}): {source.path.name} holds no row to train on{bad}; "
+                            "fix its rows")
+    if strict and first:
+        count = sum(files + rows for files, rows in found.values())
+        raise UserError(f"{count} damaged files or bad rows (first: {first}); fix or remove them, or drop --strict")
+    return found
 
 
 class Mixture:
@@ -136,7 +160,7 @@ class Mixture:
     def __init__(self, sources: list[Source], weights: list[float], processor, settings, workers: int,
                  pin_memory: bool, rank: int, processes: int):
         self.order = SampleOrder(sources, weights, settings.seed)
-        self.dataset = MixtureDataset(self.order, processor, settings.frames)
+        self.dataset = MixtureDataset(self.order, processor, settings.frames, CLIP_CACHE_BYTES // max(1, workers))
         self.settings, self.workers, self.pin_memory = settings, workers, pin_memory
         self.rank, self.processes = rank, processes
         self.pad_token_id = processor.tokenizer.pad_token_id

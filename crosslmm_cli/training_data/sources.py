@@ -26,8 +26,11 @@ import tarfile
 from collections import OrderedDict
 from pathlib import Path
 
+import numpy as np
+
 from ..errors import UserError
-from .json_list import cached_spans, read_item
+from .index_cache import cached_index
+from .json_list import item_spans, read_item
 from .records import Media, Record, media_kind, split_member
 
 BLOCK_BYTES = 4 << 20  # an annotation .jsonl is read in shards of this many bytes
@@ -38,7 +41,7 @@ KEPT_INDEXES = 64  # shard indexes each process keeps
 class LRU(OrderedDict):
     """A cache of at most ``size`` values: ``get_or_make(key, make)`` returns the kept value or makes
     (and keeps) it. Plain data without a lock, so that a dataset holding it pickles into spawned
-    loader workers (crosslmm_cli.serve.budget_lru is the server's byte-bounded, thread-safe one)."""
+    loader workers (crosslmm_cli.budget_lru is the byte-bounded one)."""
 
     def __init__(self, size: int):
         super().__init__()
@@ -62,6 +65,11 @@ class Source:
         self.broken: dict[int, str] = {}  # shard -> why it could not be read
         self.indexes = LRU(KEPT_INDEXES)
         self.missing: list[str] = []  # files the source's path names that do not exist
+        self.bad_rows: list[str] = []  # rows found unusable before step 1 (see survey)
+
+    def survey(self) -> None:
+        """What a source reads of itself before step 1, besides :meth:`damage`: nothing, but for a
+        training folder, which reads every row (crosslmm_cli.training_data.folder)."""
 
     def damage(self) -> list[str]:
         """One line per missing or damaged file: which, why, and the samples it loses."""
@@ -99,6 +107,10 @@ class Source:
         """The row's name within its shard, unique there: what reports and samples.jsonl call it,
         whether or not it could be read."""
         return f"row {row + 1}"
+
+    def row_key(self, shard: int, row: int) -> str:
+        """What a row is called before it is read (its record's key may add its id)."""
+        return f"{self.shard_name(shard)}/{self.row_name(shard, row)}"
 
     def read(self, shard: int, row: int) -> Record:
         raise NotImplementedError
@@ -256,17 +268,17 @@ class ParquetFiles(Source):
 class AnnotationRows(Source):
     """Shards are (file, block) pairs: a ``.jsonl`` file cut into blocks of ``block_bytes`` (a row
     belongs to the block its first byte lies in), a ``.json`` list one shard, read item by item at
-    the spans :mod:`json_list` finds (kept in ``index_dir`` when the run gives one)."""
+    the spans :mod:`json_list` finds. Indexes are kept in ``index_dir`` when the run gives one."""
 
-    def __init__(self, spec, files: list[Path], media_root: Path, block_bytes: int = BLOCK_BYTES, folder: bool = False):
-        self.spec_is_folder = folder  # a training folder: its annotations and videos
+    def __init__(self, spec, files: list[Path], media_root: Path, block_bytes: int = BLOCK_BYTES,
+                 index_dir: Path | None = None):
         shards = []
         for path in files:
             blocks = max(1, -(-path.stat().st_size // block_bytes)) if path.suffix == ".jsonl" else 1
             shards += [(path, block) for block in range(blocks)]
         super().__init__(spec, shards, media_root)
-        self.block_bytes = block_bytes
-        self.index_dir: Path | None = None
+        self.block_bytes, self.index_dir = block_bytes, index_dir
+        self.block_lines: dict[Path, np.ndarray] = {}
 
     def files(self) -> list[Path]:
         return sorted({path for path, _ in self.shards})
@@ -275,53 +287,84 @@ class AnnotationRows(Source):
         path, block = self.shards[shard]
         return path.name if path.suffix == ".json" else f"{path.name}@{block}"
 
-    def build_index(self, shard: int) -> list[int]:
-        """Byte offsets of the block's rows (or the byte spans of a .json list's items)."""
+    def row_key(self, shard: int, row: int) -> str:
+        return f"{self.shards[shard][0].name}/{self.row_name(shard, row)}"
+
+    def lines_before(self, path: Path) -> np.ndarray:
+        """The lines of ``path`` before each of its blocks."""
+        if path not in self.block_lines:
+            self.block_lines[path] = cached_index(path, self.index_dir, f"lines-{self.block_bytes}",
+                                                  lambda: lines_before_blocks(path, self.block_bytes))
+        return self.block_lines[path]
+
+    def build_index(self, shard: int) -> np.ndarray:
+        """(rows, 2): the byte offset and the (1-based) line number of each row of the block; or the
+        byte spans of a .json list's items."""
         path, block = self.shards[shard]
         if path.suffix == ".json":
-            return cached_spans(path, self.index_dir)
-        start, end, offsets = block * self.block_bytes, (block + 1) * self.block_bytes, []
+            return cached_index(path, self.index_dir, "spans", lambda: item_spans(path))
+        start, end, rows = block * self.block_bytes, (block + 1) * self.block_bytes, []
+        line = int(self.lines_before(path)[block]) + 1  # the line byte `start` lies in
         with open(path, "rb") as f:
             if start:
                 f.seek(start - 1)
                 if f.read(1) != b"\n":
-                    while (piece := f.readline(MAX_ROW_BYTES)) and not piece.endswith(b"\n"):
-                        pass  # the row that began in the block before
+                    skip_rest_of_line(f)  # the row that began in the block before
+                    line += 1
             while (offset := f.tell()) < end:
-                line = f.readline(MAX_ROW_BYTES + 1)
-                if not line:
+                piece = f.readline(MAX_ROW_BYTES + 1)
+                if not piece:
                     break
-                if len(line) > MAX_ROW_BYTES and not line.endswith(b"\n"):
-                    while (piece := f.readline(MAX_ROW_BYTES)) and not piece.endswith(b"\n"):
-                        pass
-                if line.strip():
-                    offsets.append(offset)
-        return offsets
+                if len(piece) > MAX_ROW_BYTES and not piece.endswith(b"\n"):
+                    skip_rest_of_line(f)
+                if piece.strip():
+                    rows.append((offset, line))
+                line += 1
+        return np.array(rows, dtype=np.int64).reshape(-1, 2)
 
     def row_name(self, shard: int, row: int) -> str:
-        """``item N`` (1-based) of a .json list, ``byte N`` (where it starts) of a .jsonl file."""
+        """``item N`` of a .json list, ``line N`` of a .jsonl file (1-based, as editors count)."""
         path, _ = self.shards[shard]
-        return f"item {row + 1}" if path.suffix == ".json" else f"byte {self.index(shard)[row]}"
+        return f"item {row + 1}" if path.suffix == ".json" else f"line {self.index(shard)[row][1]}"
 
     def read(self, shard: int, row: int) -> Record:
         path, _ = self.shards[shard]
-        offset = self.index(shard)[row]
+        place = self.index(shard)[row]
         if path.suffix == ".json":
-            fields = read_item(path, offset)
+            fields = read_item(path, place)
         else:
             with open(path, "rb") as f:
-                f.seek(offset)
+                f.seek(int(place[0]))
                 line = f.readline(MAX_ROW_BYTES + 1)
             if len(line) > MAX_ROW_BYTES:
                 raise ValueError(f"a row longer than {MAX_ROW_BYTES >> 20} MB")
             fields = json.loads(line.decode("utf-8").removeprefix("\ufeff"))
+        return self.record(path, self.row_name(shard, row), fields)
+
+    def record(self, path: Path, name: str, fields) -> Record:
+        """The record of a row of ``path`` named ``name`` there; ValueError for a row that is not an
+        object, or names a media file badly."""
         if not isinstance(fields, dict):
             raise ValueError("a row must be a JSON object")
-        key = with_id(self.row_name(shard, row), fields)
-        media = [self.media_file(name) for column in ("video", "image")
-                 for name in (fields.get(column) if isinstance(fields.get(column), list) else [fields.get(column)])
-                 if name is not None]
-        return Record(f"{path.name}/{key}", fields, one_kind(media))  # no media: a text-only row
+        media = [self.media_file(file) for column in ("video", "image")
+                 for file in (fields.get(column) if isinstance(fields.get(column), list) else [fields.get(column)])
+                 if file is not None]
+        return Record(f"{path.name}/{with_id(name, fields)}", fields, one_kind(media))  # no media: a text-only row
+
+
+def lines_before_blocks(path: Path, block_bytes: int) -> np.ndarray:
+    """The newlines before each block of ``path``: a count per block, read a block at a time."""
+    counts = [0]
+    with open(path, "rb") as f:
+        while block := f.read(block_bytes):
+            counts.append(counts[-1] + block.count(b"\n"))
+    return np.array(counts[:-1] if len(counts) > 1 else counts, dtype=np.int64)
+
+
+def skip_rest_of_line(f) -> None:
+    """Read up to the next line without holding a long one."""
+    while (piece := f.readline(MAX_ROW_BYTES)) and not piece.endswith(b"\n"):
+        pass
 
 
 def with_id(name: str, fields: dict) -> str:
@@ -354,7 +397,7 @@ def open_source(path: str, media: str | None, base: Path) -> Source:
     """The source a recipe's ``path`` (relative to the recipe's folder) names; :class:`UserError`
     when it names nothing readable."""
     pattern = str(base / path) if not Path(path).is_absolute() else path
-    found, missing = expand(pattern)
+    found, missing = ([pattern], []) if Path(pattern).is_dir() else expand(pattern)  # a folder's name is not a glob
     files = [Path(p) for p in found]
     if not files:
         raise UserError(f"source {path!r} matches no file (looked for {pattern})")
@@ -364,14 +407,14 @@ def open_source(path: str, media: str | None, base: Path) -> Source:
 
 
 def open_files(path: str, files: list[Path], media: str | None, base: Path) -> Source:
-    from ..finetune.data import annotation_file
+    from .folder import ANNOTATION_FILES, FolderRows  # (it builds on this module)
 
     if len(files) == 1 and files[0].is_dir():
         kinds = sorted({f.suffix for f in files[0].iterdir() if f.suffix in (".tar", ".parquet")})
-        if kinds and not any((files[0] / name).is_file() for name in ("annotations.jsonl", "annotations.json")):
+        if kinds and not any((files[0] / name).is_file() for name in ANNOTATION_FILES):
             raise UserError(f"source {path!r} is a folder of {kinds[0]} files; name them with a pattern: "
                             f"{str(Path(path) / ('*' + kinds[0]))!r}")
-        return AnnotationRows(path, [annotation_file(files[0])], files[0].resolve(), folder=True)
+        return FolderRows(path, files[0])
     suffixes = {f.suffix for f in files}
     if len(suffixes) > 1:
         raise UserError(f"source {path!r} mixes {', '.join(sorted(suffixes))} files; give each kind its own source")

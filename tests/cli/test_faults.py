@@ -217,7 +217,8 @@ def test_responses_without_a_usable_line_are_refused(tmp_path, content, message)
 
 # ---- finetune annotations --------------------------------------------------------------------------
 def test_damaged_annotation_rows_are_reported_and_skipped(tmp_path):
-    from crosslmm_cli.finetune.data import MAX_ROW_BYTES, read_folder
+    from crosslmm_cli.training_data.folder import FolderRows
+    from crosslmm_cli.training_data.sources import MAX_ROW_BYTES
 
     folder = tmp_path / "train"
     folder.mkdir()
@@ -232,10 +233,13 @@ def test_damaged_annotation_rows_are_reported_and_skipped(tmp_path):
     ]
     (folder / "annotations.jsonl").write_bytes(b"\n".join(lines) + b"\n")
     tracemalloc.start()
-    report = read_folder(folder)
+    source = FolderRows("train", folder)
+    source.survey()
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
-    assert [row.line for row in report.rows] == [1, 5]
-    assert [problem.split(":")[0] for problem in report.problems] == ["line 2", "line 3", "line 4"]
-    assert "not UTF-8" in report.problems[0] and "path string" in report.problems[1] and "longer than" in report.problems[2]
+    assert [source.row_name(0, row) for row in range(source.count(0))] == ["line 1", "line 5"]
+    assert [problem.split(":")[0] for problem in source.bad_rows] == [f"annotations.jsonl line {n}" for n in (2, 3, 4)]
+    assert "not UTF-8" in source.bad_rows[0] and "longer than" in source.bad_rows[2]
+    assert "12 is not an image or video file name" in source.bad_rows[1]
+    assert source.read(0, 0).fields["question"] == "q"  # the first row, read past its byte-order mark
     assert peak < 8 * MAX_ROW_BYTES  # the long row was never held whole

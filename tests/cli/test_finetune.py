@@ -81,12 +81,14 @@ def test_a_few_steps_reduce_the_loss_and_the_output_answers(folder, tiny_checkpo
 def test_bad_rows_are_reported_with_their_lines(folder, tiny_checkpoint, tmp_path):
     result = train(folder, tmp_path / "o", "--model", str(tiny_checkpoint), "--stage", "1", "--max-steps", "1")
     assert result.exit_code == 0, result.output
-    assert "line 5: malformed JSON" in result.output
-    assert "line 6: video path '../outside.mp4' leaves the folder" in result.output
-    assert "line 7: video missing.mp4 is missing" in result.output
-    assert "(3 skipped)" in result.output
+    text = " ".join(result.output.split())
+    assert "annotations.jsonl line 5: malformed JSON" in text
+    assert "annotations.jsonl line 6: media path '../outside.mp4' leaves" in text
+    assert "annotations.jsonl line 7: video missing.mp4 is missing" in text
+    assert "(3 skipped)" in text and "3 bad rows left out" in text
     strict = train(folder, tmp_path / "s", "--model", str(tiny_checkpoint), "--stage", "1", "--strict")
-    assert strict.exit_code == 1 and "3 bad annotation rows" in strict.output and "Traceback" not in strict.output
+    assert strict.exit_code == 1 and "Traceback" not in strict.output
+    assert "3 damaged files or bad rows (first: source 0" in " ".join(strict.output.split())
 
 
 def test_stage_one_trains_only_the_projector_and_v2v(folder, tiny_checkpoint, tmp_path):
@@ -297,6 +299,20 @@ def test_resume_refuses_settings_that_change_the_run(folder, tiny_checkpoint, tm
     assert "--resume with other settings" in text and message in text
 
 
+def test_a_folder_run_saved_before_folders_became_a_source_is_not_resumed(folder, tiny_checkpoint, tmp_path):
+    """Such a run read the folder in another order (its own loader); resuming it would train other rows."""
+    common = ["--model", str(tiny_checkpoint), "--full", "--max-steps", "2", "--save-every", "1"]
+    run = tmp_path / "run"
+    assert train(folder, run, *common).exit_code == 0
+    for state in (run / "checkpoints").glob("step-*/trainer_state.json"):  # as the folder loader saved it
+        saved = json.loads(state.read_text())
+        saved["settings"]["global_batch"] = None
+        state.write_text(json.dumps(saved))
+    result = train(folder, run, *common, "--resume")
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "saved by an earlier crosslmm, which read a training folder in another order" in " ".join(result.output.split())
+
+
 def test_resume_may_change_how_often_it_saves(folder, tiny_checkpoint, tmp_path):
     common = ["--model", str(tiny_checkpoint), "--full", "--max-steps", "4", "--lr", "1e-3"]
     run = tmp_path / "run"
@@ -364,9 +380,6 @@ def test_two_gloo_processes_train_and_write_one_checkpoint(folder, tiny_checkpoi
     single = tmp_path / "single"
     assert train(folder, single, *flags, "--workers", "0").exit_code == 0
     assert [r["lr"] for r in metrics(out)] == pytest.approx([r["lr"] for r in metrics(single)])
-    # a run saved by one process is not resumed by two (another data order, another schedule)
-    again = launch(torchrun(), "crosslmm_cli.app", folder, single, *flags, "--resume")
-    assert again.returncode != 0 and "was launched as 1 process, this one as 2 processes" in " ".join(again.stderr.split())
 
 
 @pytest.mark.parametrize("stage", [["--stage", "1"], ["--stage", "2"]], ids=["stage 1", "stage 2 with LoRA"])
@@ -444,29 +457,41 @@ def test_gate_init_opens_the_trained_gates(folder, tiny_checkpoint, tmp_path):
         assert layer.cross_attn.t2v.gate.scale.item() == 0.0  # not trained, left closed
 
 
+def folder_dataset(folder, processor, cache_bytes: int = 2 << 30):
+    """The folder as finetune reads it: one surveyed source, its samples decoded and tokenised."""
+    from crosslmm_cli.training_data.dataset import MixtureDataset
+    from crosslmm_cli.training_data.folder import FolderRows
+    from crosslmm_cli.training_data.order import SampleOrder
+
+    source = FolderRows(folder.name, folder)
+    source.survey()
+    return MixtureDataset(SampleOrder([source], [1.0], seed=0), processor, frames=2, cache_bytes=cache_bytes)
+
+
 def test_decoded_clips_are_cached_up_to_a_byte_budget(folder, monkeypatch):
-    from crosslmm_cli.finetune import data
     from crosslmm.builders import build_tiny
+    from crosslmm_cli.training_data import dataset as dataset_module
 
     decoded = []
-    real_read_frames = data.read_frames
+    real_read_frames = dataset_module.read_frames
 
     def counting_read_frames(video, request):
         decoded.append(video.name)
         return real_read_frames(video, request)
 
-    monkeypatch.setattr(data, "read_frames", counting_read_frames)
-    rows = data.read_folder(folder).rows
-    by_name = {row.video.name: index for index, row in enumerate(rows)}
+    monkeypatch.setattr(dataset_module, "read_frames", counting_read_frames)
     _, processor = build_tiny()
-    clip_bytes = data.VideoQADataset(rows, processor, frames=2)[0]["pixels"].nbytes
-    dataset = data.VideoQADataset(rows, processor, frames=2, cache_bytes=2 * clip_bytes)  # room for two clips
+    dataset = folder_dataset(folder, processor)
+    source = dataset.order.sources[0]
+    clips = {record.media[0].name: record.media[0] for record in (source.read(0, row) for row in range(source.count(0)))}
+    clip_bytes = dataset.frames_of(clips["c0.mp4"], 2).nbytes
+    dataset = folder_dataset(folder, processor, cache_bytes=2 * clip_bytes)  # room for two clips
     decoded.clear()
     for name in ["c0.mp4", "c1.mp4", "c0.mp4", "c2.mp4", "c0.mp4", "c1.mp4"]:
-        dataset[by_name[name]]
+        dataset.frames_of(clips[name], 2)
     # c2 pushes out c1 (least recently used), not c0; c1 is then decoded again
     assert decoded == ["c0.mp4", "c1.mp4", "c2.mp4", "c1.mp4"]
-    assert dataset.cached_bytes == 2 * clip_bytes
+    assert dataset.clips.total_bytes == 2 * clip_bytes
 
 
 def test_outputs_keep_the_base_dtype(folder, tmp_path):
@@ -517,21 +542,17 @@ def damaged_folder(tmp_path_factory):
 
 
 def loader_batches(folder, workers: int, epochs: int = 2) -> list[dict]:
-    """Every batch the training loop would get, as finetune builds and prepares its loader."""
-    from accelerate import Accelerator, DataLoaderConfiguration
-
+    """Every micro-batch the training loop would get, as finetune builds its loader (batches of 2)."""
     from crosslmm.builders import build_tiny
-    from crosslmm_cli.finetune.data import read_folder
-    from crosslmm_cli.finetune.loader import make_loader
+    from crosslmm_cli.training_data.collate import visual_stand_in
+    from crosslmm_cli.training_data.loader import StepSampler, make_mixture_loader
 
     _, processor = build_tiny()
-    loader = make_loader(read_folder(folder).rows, processor, frames=2, batch_size=2, seed=7, workers=workers)
-    loader = Accelerator(cpu=True, dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True)).prepare(loader)
-    batches = []
-    for epoch in range(epochs):
-        loader.set_epoch(epoch)
-        batches += list(loader)
-    return batches
+    dataset = folder_dataset(folder, processor)
+    steps = epochs * dataset.order.sources[0].count(0) // 2
+    loader = make_mixture_loader(dataset, StepSampler(0, steps, 2, 2, 0, 1), processor.tokenizer.pad_token_id, workers,
+                                 stand_in=visual_stand_in(processor))
+    return list(loader)
 
 
 def test_workers_on_and_off_give_the_same_batches_in_the_same_order(damaged_folder):
@@ -541,10 +562,10 @@ def test_workers_on_and_off_give_the_same_batches_in_the_same_order(damaged_fold
         assert one.keys() == other.keys()
         for key, value in one.items():
             assert torch.equal(value, other[key]) if isinstance(value, torch.Tensor) else value == other[key], key
-    orders = [batch["input_ids"].tolist() for batch in without]
-    assert orders[:3] != orders[3:]  # reshuffled each epoch, so the comparison covers two orders
-    reported = {line for batch in with_workers for line, _ in batch["problems"]}
-    assert reported == {2, 5}
+    orders = [name for batch in without for _, name in batch["samples"]]
+    assert orders[:6] != orders[6:]  # reshuffled each epoch, so the comparison covers two orders
+    reported = {key for batch in with_workers for _, key, _ in batch["problems"]}
+    assert reported == {"annotations.jsonl/line 2", "annotations.jsonl/line 5"}
 
 
 def test_a_run_with_workers_trains_exactly_as_one_without(folder, tiny_checkpoint, tmp_path, monkeypatch):
@@ -567,10 +588,10 @@ def test_a_video_that_does_not_decode_is_skipped_with_its_line(damaged_folder, t
     result = train(damaged_folder, out, "--model", str(tiny_checkpoint), "--full", "--epochs", "3", "--workers", "2")
     assert result.exit_code == 0, result.output
     text = " ".join(result.output.split())
-    assert re.search(r"skipped line 2: \S*notes\.mp4 is not a readable video", text), text
-    assert re.search(r"skipped line 5: \S*cut\.mp4", text), text
-    assert text.count("skipped line 2:") == 1 and text.count("skipped line 5:") == 1  # once, though read each epoch
-    assert "on 4 rows (2 skipped)" in text
+    assert re.search(r"skipped source 0, annotations.jsonl/line 2: \S*notes\.mp4 is not a readable video", text)
+    assert re.search(r"skipped source 0, annotations.jsonl/line 5: \S*cut\.mp4", text), text
+    assert text.count("jsonl/line 2:") == 1 and text.count("jsonl/line 5:") == 1  # once, though read each epoch
+    assert "on 18 samples (2 skipped)" in text
     assert len(metrics(out)) == 18  # 6 rows x 3 epochs: the rows that stand in keep every step full
     strict = train(damaged_folder, tmp_path / "strict", "--model", str(tiny_checkpoint), "--full", "--strict",
                    "--workers", "2")
@@ -585,7 +606,7 @@ def test_a_folder_of_videos_that_do_not_decode_stops_with_one_line(tmp_path, tin
         json.dumps({"video": name, "caption": "x"}) + "\n" for name in ("a.mp4", "b.mp4")))
     result = train(tmp_path, tmp_path.parent / f"{tmp_path.name}-out", "--model", str(tiny_checkpoint), "--workers", "1")
     assert result.exit_code == 1 and "Traceback" not in result.output
-    assert "no readable video in 2 rows in a row" in " ".join(result.output.split())
+    assert "none of its samples could be read (2 tried; first: annotations.jsonl/line 1: " in " ".join(result.output.split())
 
 
 def test_train_vision_leaves_out_the_key_biases_the_softmax_cancels(tmp_path):
@@ -619,10 +640,9 @@ def test_every_trained_parameter_receives_a_gradient(folder, tiny_checkpoint, tm
     """What a stage opens for training all learns: after one step (LoRA's B and the gates start at
     zero, which holds back the gradient of what lies behind them), every trained tensor has a
     nonzero gradient; none is dead weight in the optimizer."""
-    from crosslmm_cli.finetune.data import collate, read_folder, tokenize_conversation
     from crosslmm_cli.finetune.train import FinetuneSettings, configure_stage
     from crosslmm_cli.model_source import open_model
-    from crosslmm_cli.video import SamplingRequest, read_frames
+    from crosslmm_cli.training_data.collate import collate
 
     stage = int(flags[1])
     settings = FinetuneSettings(folder=folder, output=tmp_path / "o", model=str(tiny_checkpoint), stage=stage,
@@ -630,14 +650,9 @@ def test_every_trained_parameter_receives_a_gradient(folder, tiny_checkpoint, tm
     model, processor = open_model(settings.model, device="cpu", quantize="none", dtype=torch.float32)
     model.train()
     model, groups = configure_stage(model, settings)
-    items = []
-    for row in read_folder(folder).rows[:2]:
-        _, sampled = read_frames(row.video, SamplingRequest(2))
-        pixels = processor.preprocess_frames(sampled.pixels)
-        ids, labels = tokenize_conversation(processor, row.messages, len(pixels))
-        items.append({"input_ids": torch.tensor(ids), "labels": torch.tensor(labels), "pixels": pixels, "problems": []})
-    batch = collate(items, processor.tokenizer.pad_token_id)
-    batch.pop("problems")
+    dataset = folder_dataset(folder, processor)
+    batch = collate([dataset.from_stream(0, position) for position in (0, 1)], processor.tokenizer.pad_token_id)
+    batch = {name: value for name, value in batch.items() if isinstance(value, torch.Tensor)}  # the model's inputs
     optimizer = torch.optim.SGD([p for g in groups for p in g["params"]], lr=0.5)
     for _ in range(2):
         optimizer.zero_grad()
@@ -662,7 +677,7 @@ def test_a_multiple_choice_row_is_trained_on_the_prompt_eval_scores_it_with(tiny
     from crosslmm import load_checkpoint
     from crosslmm_cli.ask import AskSettings, VideoChat
     from crosslmm_cli.evaluation.tasks import TASKS, Doc
-    from crosslmm_cli.finetune.data import IGNORE_INDEX, tokenize_conversation
+    from crosslmm_cli.training_data.tokens import IGNORE_INDEX, tokenize_conversation
     from crosslmm_cli.training_data.records import conversation
     from crosslmm_cli.video import SamplingRequest, read_frames
 
@@ -698,7 +713,7 @@ def test_text_only_rows_train(with_text_rows, tiny_checkpoint, tmp_path):
     result = train(with_text_rows, out, "--model", str(tiny_checkpoint), "--full", "--lr", "1e-3", "--max-steps", "8",
                    "--batch-size", "2", "--workers", "0")
     assert result.exit_code == 0, result.output
-    assert "5 text-only rows (no video): trained without frames" in result.output
+    assert "5 text-only samples trained (no image or video)" in " ".join(result.output.split())
     assert "(0 skipped)" in " ".join(result.output.split())
     losses = [row["loss"] for row in metrics(out)]
     assert min(losses[-2:]) < losses[0]
@@ -709,7 +724,8 @@ def test_a_micro_batch_of_text_rows_trains_as_the_model_alone_would(tiny_open_ch
     visual parts) changes neither the loss nor any gradient of the text rows: the reference is the
     model on the text rows alone, without pixels."""
     from crosslmm import load_checkpoint
-    from crosslmm_cli.finetune.data import collate, no_frames, tokenize_conversation, visual_stand_in
+    from crosslmm_cli.training_data.collate import collate, no_frames, visual_stand_in
+    from crosslmm_cli.training_data.tokens import tokenize_conversation
 
     model, processor = load_checkpoint(tiny_open_checkpoint)
     model.train()

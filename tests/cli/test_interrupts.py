@@ -60,7 +60,7 @@ def test_a_deferred_block_ends_before_a_first_interrupt_is_raised_and_a_second_i
 # each batch is 100 tensors, so 100 hand-overs through the workers' resource sharer per batch.
 LOOP = r"""
 import sys, torch
-from crosslmm_cli.finetune.loader import decoding_worker
+from crosslmm_cli.training_data.workers import decoding_worker
 class Tensors(torch.utils.data.Dataset):
     def __len__(self): return 10**9
     def __getitem__(self, i): return [torch.full((64,), float(i)) for _ in range(100)]

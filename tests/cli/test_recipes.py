@@ -105,7 +105,7 @@ def test_a_mixed_recipe_trains_on_every_source_and_records_what_it_read(corpus, 
         "4": {f"annotations.jsonl/j{r:05d}" for r in range(8)},
     }
     assert all(generator_key(name)[1] in written[generator_key(name)[0]] for name in names)
-    assert "trained 12 steps on 24 rows (0 skipped)" in " ".join(result.output.split())
+    assert "trained 12 steps on 24 samples (0 skipped)" in " ".join(result.output.split())
     load_model(out)
 
 
@@ -260,7 +260,9 @@ def test_under_strict_a_damaged_file_stops_the_run_before_step_1(damaged, tiny_c
     out = tmp_path / "o"
     result = runner.invoke(app, ["finetune", str(data), "--model", str(tiny_checkpoint), "--output", str(out), "--strict"])
     assert result.exit_code == 1 and "Traceback" not in result.output
-    assert f"error: {DAMAGE_LINES[0]}; fix or remove the file, or drop --strict" in " ".join(result.output.split())
+    text = " ".join(result.output.split())
+    assert all(line in text for line in DAMAGE_LINES)  # each listed, then the run stops
+    assert f"error: 5 damaged files or bad rows (first: {DAMAGE_LINES[0]}); fix or remove them, or drop --strict" in text
     assert not (out / "metrics.jsonl").exists()
 
 
@@ -292,7 +294,7 @@ def test_text_only_rows_of_a_source_train_and_are_counted(corpus, tiny_checkpoin
 
 @pytest.mark.parametrize("case,message", [
     ("empty", "matches no file"),
-    ("all-bad", "none of its first"),
+    ("all-bad", "none of its samples could be read (1 tried; first: j.tar/a: a.jpg:"),
     ("unknown-option", "unknown option 'learning_rate'"),
     ("bad-weight", "weight must be a positive number"),
     ("no-max-steps", "a recipe run needs max_steps"),

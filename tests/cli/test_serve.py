@@ -29,7 +29,7 @@ from typer.testing import CliRunner
 
 from crosslmm_cli.app import app
 from crosslmm_cli.ask import MAX_SIDE, AskSettings, prepare_model
-from crosslmm_cli.serve.budget_lru import BudgetLru
+from crosslmm_cli.budget_lru import BudgetLru
 from crosslmm_cli.serve.engine import Engine
 from crosslmm_cli.serve.media import MediaResolver
 from crosslmm_cli.serve.protocol import ApiError, parse_request

@@ -53,7 +53,7 @@ OWN_LINES = {
     "ask": [],
     "ask --json": [],
     "eval": [r"wrote \S+results\.json"],
-    "finetune": [r"\s*(?:[⠀-⣿] )?training [━╸ ]+ \d+/\d+ loss .*", r"trained \d+ steps on \d+ rows \(\d+ skipped\); .* saved .*"],
+    "finetune": [r"\s*(?:[⠀-⣿] )?training [━╸ ]+ \d+/\d+ loss .*", r"trained \d+ steps on \d+ samples \(\d+ skipped\); .* saved .*"],
 }
 
 

@@ -167,25 +167,30 @@ def test_micro_batches_group_a_steps_samples_by_source_and_keep_its_samples():
 @pytest.mark.parametrize("suffix", [".json", ".jsonl"])
 def test_rows_sharing_an_id_have_names_of_their_own_and_one_numbering(tmp_path, suffix):
     """LLaVA-style files repeat ids (one video, several questions); samples.jsonl must still name one
-    row, and a row that cannot be read is named as a readable one would be (1-based items of a
-    list, the starting byte of a JSON line)."""
+    row, and a row that cannot be read is named as a readable one would be: the 1-based item of a
+    list, the line of a JSON-lines file as an editor numbers it (blank lines, CRLF line ends and
+    rows cut by the blocks the file is read in included)."""
     (tmp_path / "x.jpg").write_bytes(b"")
     rows = [{"id": "clip", "image": "x.jpg", "caption": str(n)} for n in range(4)] + ["not a row"]
     path = tmp_path / f"a{suffix}"
-    path.write_text(json.dumps(rows) if suffix == ".json" else "".join(json.dumps(row) + "\n" for row in rows))
-    source = AnnotationRows(path.name, [path], tmp_path)
-    names = [source.row_name(0, row) for row in range(5)]
-    keys = [record.key for record in (source.read(0, row) for row in range(4))]
+    if suffix == ".json":
+        path.write_text(json.dumps(rows))
+    else:
+        lines = [json.dumps(rows[0]), "", json.dumps(rows[1]) + "\r", "   ", json.dumps(rows[2]), json.dumps(rows[3]), "",
+                 json.dumps(rows[4])]
+        path.write_text("\n".join(lines) + "\n")
+    source = AnnotationRows(path.name, [path], tmp_path, block_bytes=37)  # a .jsonl's rows cut by its blocks
+    places = [(shard, row) for shard in range(len(source.shards)) for row in range(source.count(shard))]
+    names = [source.row_name(*place) for place in places]
+    keys = [source.read(*place).key for place in places[:4]]
     assert len(set(keys)) == 4 and keys == [f"{path.name}/{name} (id clip)" for name in names[:4]]
     if suffix == ".json":
         assert names == ["item 1", "item 2", "item 3", "item 4", "item 5"]
-    else:  # where each line starts: the reference is the file's own bytes
-        starts = [0]
-        for line in path.read_bytes().splitlines(keepends=True)[:-1]:
-            starts.append(starts[-1] + len(line))
-        assert names == [f"byte {start}" for start in starts]
+    else:  # the reference: the file's own lines
+        numbered = enumerate(path.read_text().split("\n"), 1)
+        assert names == [f"line {number}" for number, line in numbered if line.strip()]
     with pytest.raises(ValueError):
-        source.read(0, 4)  # reported as f"{path.name}/{names[4]}"
+        source.read(*places[4])  # reported as f"{path.name}/{names[4]}"
 
 
 def test_a_json_lists_items_are_found_where_the_standard_parser_reads_them(tmp_path):

@@ -1,4 +1,5 @@
-"""A least-recently-used map bounded by the bytes its values hold (thread-safe)."""
+"""A least-recently-used map bounded by the bytes its values hold (thread-safe): the server's
+encodings and prefix caches, a training loader worker's decoded clips."""
 
 from __future__ import annotations
 
@@ -21,6 +22,15 @@ class BudgetLru(Generic[V]):
         self._lock = threading.Lock()
         self.total_bytes = 0
         self.evictions = 0
+
+    def __getstate__(self) -> dict:  # a loader's dataset holding one pickles into spawned workers
+        state = dict(self.__dict__)
+        del state["_lock"]
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
 
     def get(self, key: Hashable) -> V | None:
         with self._lock:
