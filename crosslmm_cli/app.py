@@ -320,6 +320,8 @@ def finetune(
     gradient_checkpointing: Annotated[bool, typer.Option(help="recompute activations in backward to save memory")] = True,
     quantize: Annotated[str, typer.Option(help="nf4: QLoRA (4-bit LLM under LoRA adapters) | none")] = "none",
     gate_init: Annotated[Optional[float], typer.Option(help="open the trained gates to tanh(x) first (default: as they are)")] = None,
+    memory_position: Annotated[bool, typer.Option(help="add a learned patch and frame-index embedding to the "
+                                                       "cross-attention memory (zero at first) and train it")] = False,
     device: Annotated[Optional[str], typer.Option(help="cuda or cpu (default: cuda when present)")] = None,
     workers: Annotated[Optional[int], typer.Option(help="processes decoding videos ahead of the step (default: one "
                                                         "per core of the training process, at most 8; 0: none)")] = None,
@@ -335,7 +337,8 @@ def finetune(
         lr=lr, vision_lr=vision_lr, lora_rank=lora_rank, batch_size=batch_size,
         grad_accum=grad_accum, epochs=epochs, max_steps=max_steps, frames=frames, tokens_per_frame=tokens_per_frame,
         seed=seed, save_every=save_every, strict=strict, merge=merge, resume=resume,
-        gradient_checkpointing=gradient_checkpointing, quantize=quantize, gate_init=gate_init, device=device,
+        gradient_checkpointing=gradient_checkpointing, quantize=quantize, gate_init=gate_init,
+        memory_position=memory_position, device=device,
         workers=workers, global_batch=global_batch,
     )
     sources = None

@@ -32,6 +32,7 @@ class CrossLMMConfig(PretrainedConfig):
         v2v: bool = True,  # pooled visual tokens read the original tokens
         t2v: bool = True,  # text tokens read the original tokens
         v2v_scope: str = "frame",  # "frame": each pooled token reads its own frame; "video": all frames
+        memory_position: bool = False,  # a learned (zero-initialised) patch and frame-index embedding on the memory
         frame_separator: str = "video",  # "none" | "frame" (one per frame) | "video" (one per video)
         video_token_id: int = 151647,  # the placeholder id the processor expands per LLM video position
         vision_feature_layer: int = -1,  # which hidden_states entry of the vision tower to use
@@ -63,6 +64,7 @@ class CrossLMMConfig(PretrainedConfig):
         self.v2v = v2v
         self.t2v = t2v
         self.v2v_scope = v2v_scope
+        self.memory_position = memory_position
         self.frame_separator = frame_separator
         self.video_token_id = video_token_id
         self.vision_feature_layer = vision_feature_layer

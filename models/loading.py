@@ -139,6 +139,8 @@ def base_location(path: str | os.PathLike, base_checkpoint: str) -> str:
 def _load_partial(path, config: CrossLMMConfig, quantize: str, device, dtype) -> CrossLMMForConditionalGeneration:
     model = load_model(base_location(path, config.base_checkpoint), quantize=quantize, device=device, dtype=dtype,
                        tokens_per_frame=config.tokens_per_frame)
+    if config.memory_position:  # trained on a base that had none: its weights are among the trained tensors
+        model.add_memory_position()
     trained = renamed_legacy_keys(load_file(os.path.join(path, PARTIAL_WEIGHTS), device=str(device)))
     state = model.state_dict()
     unknown = sorted(set(trained) - set(state))

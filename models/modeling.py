@@ -20,6 +20,7 @@ from .cross_attention import (
     VisualMemory,
     insert_cross_attention,
 )
+from .memory_position import MemoryPosition
 from .pooling import MultiModalProjector, pool_frames
 
 
@@ -56,6 +57,9 @@ class CrossLMMPreTrainedModel(PreTrainedModel):
                 linear.weight.normal_(0.0, std)
                 if linear.bias is not None:
                     linear.bias.zero_()
+        elif isinstance(module, MemoryPosition):
+            module.patch.zero_()
+            module.frame.zero_()
         elif isinstance(module, VideoSeparator):
             module.weight.normal_(0.0, 1.0 / math.sqrt(module.weight.numel()))
 
@@ -96,6 +100,8 @@ class CrossLMMForConditionalGeneration(CrossLMMPreTrainedModel, GenerationMixin)
         # registered last, so that it is initialised last, as it was when it was the model's own parameter:
         # a seed gives the random weights it always gave
         self.video_separator = VideoSeparator(config.text_config.hidden_size)
+        self.memory_position = MemoryPosition(config.vision_grid, config.text_config.hidden_size) \
+            if config.memory_position else None
         self.post_init()
         if self.generation_config is not None:
             self.generation_config.suppress_tokens = [config.video_token_id]  # the placeholder is never an answer
@@ -137,6 +143,15 @@ class CrossLMMForConditionalGeneration(CrossLMMPreTrainedModel, GenerationMixin)
         if t2v is not None:
             self.config.t2v = t2v
 
+    def add_memory_position(self) -> None:
+        """Give the model a :class:`MemoryPosition` (zero: its outputs do not change) and say so in its
+        config, so that it is saved and loaded with it."""
+        if self.memory_position is None:
+            reference = self.multi_modal_projector.linear_2.weight
+            self.memory_position = MemoryPosition(self.config.vision_grid, self.config.text_config.hidden_size).to(
+                device=reference.device, dtype=reference.dtype if reference.is_floating_point() else torch.float32)
+            self.config.memory_position = True
+
     def checkpoint_activations(self, use_reentrant: bool = False) -> None:
         """Recompute activations in backward (gradient checkpointing), by the name the installed
         transformers gives it: ``activation_checkpointing_enable`` from 5.23, the old name before."""
@@ -177,6 +192,8 @@ class CrossLMMForConditionalGeneration(CrossLMMPreTrainedModel, GenerationMixin)
         frame_mask = torch.arange(longest, device=device)[None] < num_frames[:, None]  # (B, T)
         originals = self.encode_frames(pixel_values_videos[frame_mask], frames_per_batch)  # (F, N, D)
         pooled = pool_frames(originals, self.config.vision_grid, self.config.pooled_grid, self.config.pool_mode)
+        if self.memory_position is not None:  # the cross-attentions' memory only: the LLM's tokens are pooled before
+            originals = self.memory_position(originals, num_frames)
         return VisualMemory(pooled=pooled, originals=originals, num_frames=num_frames, cache_kv=cache_kv)
 
     def video_llm_tokens(self, memory: VisualMemory) -> tuple[torch.Tensor, torch.Tensor]:

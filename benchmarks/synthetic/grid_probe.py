@@ -48,13 +48,13 @@ def encode(processor, rng: random.Random, count: int) -> list[dict]:
         messages = [{"role": "user", "content": question(cell)}, {"role": "assistant", "content": answer}]
         ids, labels = tokenize_conversation(processor, messages, len(frames))
         items.append({"input_ids": torch.tensor(ids), "labels": torch.tensor(labels),
-                      "pixels": processor.preprocess_frames(frames), "cell": cell})
+                      "pixels": processor.preprocess_frames(frames), "cell": cell, "problems": []})
     return items
 
 
 def batch_of(items: list[dict], hint: dict) -> dict:
     hint["cells"] = torch.tensor([item["cell"] for item in items])
-    return collate(items, pad_token_id=0)
+    return {name: value for name, value in collate(items, pad_token_id=0).items() if isinstance(value, torch.Tensor)}
 
 
 @torch.no_grad()

@@ -40,5 +40,7 @@ def unsharded_model(state_dict: dict[str, torch.Tensor], settings):
     model, _ = open_model(settings.model, device="cpu", quantize="none", dtype=torch.float32,
                           tokens_per_frame=settings.tokens_per_frame)
     model.set_cross_attention(v2v=settings.v2v, t2v=settings.t2v and settings.stage == 2)
+    if settings.memory_position:
+        model.add_memory_position()
     model.load_state_dict(state_dict)
     return model

@@ -67,6 +67,7 @@ class FinetuneSettings:
     gradient_checkpointing: bool = True
     quantize: str = "none"  # "nf4": QLoRA, the LLM's decoder linears in 4 bits under LoRA adapters
     gate_init: float | None = None  # set the trained gates' tanh argument first (None: keep them, 0 when new)
+    memory_position: bool = False  # give a base without one the (zero-initialised) memory position, and train it
     device: str | None = None
     workers: int | None = None  # DataLoader worker processes decoding ahead (None: one per core, at most 8)
     sources: list[dict] | None = None  # a recipe's sources ({"path", "weight", "media"}); None: the folder
@@ -159,6 +160,8 @@ def configure_stage(model, settings: FinetuneSettings):
             for part in new_parts[1:]:
                 part.gate.scale.fill_(settings.gate_init)
     core.video_separator.requires_grad_(True)
+    if core.memory_position is not None:  # where each original token sits: learned with the cross-attentions
+        core.memory_position.requires_grad_(True)
     if settings.stage == 2 and settings.full:
         core.language_model.requires_grad_(True)
         core.get_input_embeddings().requires_grad_(False)  # embeddings stay (tied lm_head included)
@@ -388,6 +391,8 @@ def finetune(settings: FinetuneSettings, report: Callable[[str], None] = lambda 
     model, processor = open_model(settings.model, device=settings.device if quantized else "cpu",
                                   quantize=settings.quantize, dtype=torch.bfloat16 if quantized else torch.float32,
                                   tokens_per_frame=settings.tokens_per_frame, read_weights=not receives_weights)
+    if settings.memory_position:
+        model.add_memory_position()
     model.train()
     if settings.gradient_checkpointing:
         model.checkpoint_activations(use_reentrant=False)

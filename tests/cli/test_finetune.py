@@ -494,6 +494,20 @@ def test_decoded_clips_are_cached_up_to_a_byte_budget(folder, monkeypatch):
     assert dataset.clips.total_bytes == 2 * clip_bytes
 
 
+def test_memory_position_is_added_trained_and_loaded_with_a_trained_only_output(folder, tiny_checkpoint, tmp_path,
+                                                                                 videos):
+    out = tmp_path / "stage1"
+    result = train(folder, out, "--model", str(tiny_checkpoint), "--stage", "1", "--max-steps", "2", "--gate-init", "0.5",
+                   "--memory-position")
+    assert result.exit_code == 0, result.output
+    assert not (out / "model.safetensors").exists()  # trained tensors + base pointer: the base has no memory position
+    model = load_model(out)
+    assert model.config.memory_position and model.memory_position.patch.detach().abs().sum() > 0  # it trained
+    ask = runner.invoke(app, ["ask", str(videos["mp4"]), "What?", "--model", str(out), "--frames", "2",
+                              "--max-new-tokens", "2"])
+    assert ask.exit_code == 0, ask.output
+
+
 def test_outputs_keep_the_base_dtype(folder, tmp_path):
     from safetensors import safe_open
 
