@@ -154,8 +154,8 @@ def report_damage(sources: list[Source], strict: bool, report: Callable[[str], N
 
 
 class Mixture:
-    """A recipe run's data on one process: the order, the dataset its loader workers read, and the
-    samples skipped so far."""
+    """A run's data on one process (a folder's or a recipe's): the order, the dataset its loader
+    workers read, and the samples skipped so far."""
 
     def __init__(self, sources: list[Source], weights: list[float], processor, settings, workers: int,
                  pin_memory: bool, rank: int, processes: int):
