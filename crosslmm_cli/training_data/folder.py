@@ -18,7 +18,7 @@ import numpy as np
 
 from ..errors import UserError
 from .index_cache import cached_index
-from .json_list import NotAJsonList, item_spans
+from .json_list import NotAJsonList, item_spans, read_item
 from .records import Record, conversation
 from .sources import MAX_ROW_BYTES, AnnotationRows, skip_rest_of_line
 
@@ -123,8 +123,4 @@ class FolderRows(AnnotationRows):
         return f"{self.unit} {self.index(shard)[row][2]}"
 
     def read(self, shard: int, row: int) -> Record:
-        start, end, _ = (int(value) for value in self.index(shard)[row])
-        with open(self.path, "rb") as f:
-            f.seek(start)
-            fields = json.loads(f.read(end - start).decode("utf-8"))
-        return self.record(self.path, self.row_name(shard, row), fields)
+        return self.record(self.path, self.row_name(shard, row), read_item(self.path, self.index(shard)[row]))
