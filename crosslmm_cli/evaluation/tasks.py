@@ -292,19 +292,28 @@ def jsonl_files(data_dir: Path) -> tuple[list[Path], list[Path]]:
         return [data_dir], []
     questions, others = [], []
     for table in _require(data_dir, "*.jsonl", "jsonl file"):
-        rows = []
-        for line in table.read_text(encoding="utf-8-sig", errors="replace").splitlines():
-            try:
-                rows.append(json.loads(line) if line.strip() else None)
-            except json.JSONDecodeError:
-                continue
-        rows = [row for row in rows if row is not None]
-        asked = bool(rows) and all(isinstance(row, dict) and QUESTION_FIELDS <= set(row) for row in rows)
-        (questions if asked else others).append(table)
+        (questions if only_questions(table) else others).append(table)
     if not questions:
         raise UserError(f"{data_dir} holds no file of {{video, question, answer}} rows (.jsonl); point --data-dir at "
                         "the questions file or its folder")
     return questions, others
+
+
+def only_questions(table: Path) -> bool:
+    """Whether every JSON row of ``table`` is a question (at least one); read up to the first that is not."""
+    asked = False
+    with open(table, encoding="utf-8-sig", errors="replace") as f:
+        for line in f:
+            try:
+                row = json.loads(line) if line.strip() else None
+            except json.JSONDecodeError:
+                continue
+            if row is None:
+                continue
+            if not (isinstance(row, dict) and QUESTION_FIELDS <= set(row)):
+                return False
+            asked = True
+    return asked
 
 
 def jsonl_load(data_dir: Path) -> list[Doc]:
