@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
 import json
@@ -305,6 +306,8 @@ def finetune(
     t2v: Annotated[bool, typer.Option(help="stage 2: use and train the T2V cross-attention")] = True,
     lr: Annotated[Optional[float], typer.Option(help="learning rate (default 1e-3 stage 1, 1e-5 stage 2)")] = None,
     vision_lr: Annotated[float, typer.Option(help="vision tower learning rate with --train-vision")] = 2e-6,
+    lora: Annotated[bool, typer.Option(help="stage 2 without --full: LoRA adapters on the LLM (--no-lora: the LLM "
+                                            "stays frozen)")] = True,
     lora_rank: Annotated[int, typer.Option(help="LoRA rank (stage 2 without --full)")] = 16,
     batch_size: Annotated[int, typer.Option(help="samples per device per step")] = 1,
     grad_accum: Annotated[int, typer.Option(help="gradient accumulation steps")] = 1,
@@ -334,7 +337,7 @@ def finetune(
 
     options = dict(
         output=output, model=model, stage=stage, full=full, train_vision=train_vision, v2v=v2v, t2v=t2v,
-        lr=lr, vision_lr=vision_lr, lora_rank=lora_rank, batch_size=batch_size,
+        lr=lr, vision_lr=vision_lr, lora=lora, lora_rank=lora_rank, batch_size=batch_size,
         grad_accum=grad_accum, epochs=epochs, max_steps=max_steps, frames=frames, tokens_per_frame=tokens_per_frame,
         seed=seed, save_every=save_every, strict=strict, merge=merge, resume=resume,
         gradient_checkpointing=gradient_checkpointing, quantize=quantize, gate_init=gate_init,
@@ -354,20 +357,106 @@ def finetune(
     settings = FinetuneSettings(folder=folder, sources=sources, **options)
     writable_folder(output, "--output")
     quiet_libraries()
+    with training_bars() as (_, progress):
+        summary = train(settings, report=report_line, progress=progress)
+    if summary is not None:  # the main process
+        print_trained(summary, output)
+
+
+def report_line(line: str) -> None:
+    stderr.print(f"[yellow]{line}[/]", highlight=False)
+
+
+def print_trained(summary: dict, output: Path) -> None:
+    stderr.print(f"[green]trained[/] {summary['steps']} steps on {summary['samples']} samples "
+                 f"({summary['skipped']} skipped); {summary['trained_parameters']:,} trained parameters; "
+                 f"saved {summary['saved']} to {output}", highlight=False)
+
+
+@contextlib.contextmanager
+def training_bars():
+    """(teacher_progress, progress): bars for a pass over prompts (distillation's teacher) and for
+    optimizer steps, each made when its work begins."""
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("{task.fields[stats]}"), TimeRemainingColumn(), console=stderr) as bar:
+        def teacher_progress(total: int, done: int):
+            handle = bar.add_task("teacher", total=total, completed=done, stats="prompts answered")
+            return lambda count: bar.update(handle, advance=count)
+
         def progress(total: int, done: int):
             handle = bar.add_task("training", total=total, completed=done, stats="")
             return lambda row: bar.update(handle, advance=1, stats=(
                 f"loss {row['loss']:.4f}  lr {row['lr']:.2e}  {row['samples_per_s']:.1f} samples/s"))
 
-        summary = train(settings, report=lambda line: stderr.print(f"[yellow]{line}[/]", highlight=False),
-                        progress=progress)
-    if summary is None:  # a process other than the main one
-        return
-    stderr.print(f"[green]trained[/] {summary['steps']} steps on {summary['samples']} samples "
-                 f"({summary['skipped']} skipped); {summary['trained_parameters']:,} trained parameters; "
-                 f"saved {summary['saved']} to {output}", highlight=False)
+        yield teacher_progress, progress
+
+
+@app.command()
+@user_errors
+def distill(
+    data: Annotated[Path, typer.Argument(readable=False, help="a folder of videos and/or images (prompts.jsonl beside "
+                                                             "them gives a file its own prompts)")],
+    output: Annotated[Path, typer.Option(readable=False, help="folder for the teacher's targets, the checkpoints and "
+                                                              "the distilled model")],
+    model: Annotated[str, typer.Option(help="the base, teacher and student at once: preset name, checkpoint "
+                                            "directory or hub id")] = "crosslmm-ov-0.5b",
+    tokens_per_frame: Annotated[Optional[int], typer.Option(help="the student's pooled tokens per frame (default: the "
+                                                                 "base's, 9 for crosslmm-ov)")] = None,
+    teacher_tokens_per_frame: Annotated[Optional[int], typer.Option(help="the teacher's (default: what the base was "
+                                                                         "trained to see, 196 for LLaVA-OneVision)")] = None,
+    prompts: Annotated[Optional[Path], typer.Option(readable=False, help="instructions replacing the built-in set, one per "
+                                                                         "line (for files prompts.jsonl does not name)")] = None,
+    teacher_max_new_tokens: Annotated[int, typer.Option(help="the teacher's longest answer, in tokens")] = 256,
+    teacher_temperature: Annotated[float, typer.Option(help="0: greedy answers; else sampled, seeded per prompt")] = 0.0,
+    teacher_batch_size: Annotated[int, typer.Option(help="prompts the teacher answers together")] = 8,
+    top_k: Annotated[int, typer.Option(help="teacher log-probabilities kept per answer token (the rest: one tail)")] = 64,
+    temperature: Annotated[float, typer.Option(help="τ of the KL between teacher and student")] = 2.0,
+    alpha: Annotated[float, typer.Option(help="weight of the KL; 1 - alpha goes to cross-entropy on the teacher's "
+                                              "answer")] = 0.5,
+    lora: Annotated[bool, typer.Option(help="also train LoRA adapters on the LLM (the teacher is the base: adapters off)")] = False,
+    lora_rank: Annotated[int, typer.Option(help="LoRA rank (with --lora)")] = 16,
+    lr: Annotated[float, typer.Option(help="learning rate")] = 1e-3,
+    gate_init: Annotated[Optional[float], typer.Option(help="open the gates to tanh(x) first (0 closes them)")] = 0.5,
+    memory_position: Annotated[bool, typer.Option(help="add and train the patch and frame-index embedding of the "
+                                                       "cross-attention memory")] = True,
+    batch_size: Annotated[int, typer.Option(help="samples per device per step")] = 1,
+    grad_accum: Annotated[int, typer.Option(help="gradient accumulation steps")] = 1,
+    global_batch: Annotated[Optional[int], typer.Option(help="samples per optimizer step over all processes")] = None,
+    epochs: Annotated[int, typer.Option(help="passes over the teacher's answers")] = 1,
+    max_steps: Annotated[Optional[int], typer.Option(help="optimizer steps (overrides --epochs)")] = None,
+    frames: Annotated[int, typer.Option(help="frames sampled per video (teacher and student)")] = 8,
+    seed: Annotated[int, typer.Option(help="seeds the data order, initialisation and sampled answers")] = 0,
+    save_every: Annotated[int, typer.Option(help="optimizer steps between checkpoints")] = 100,
+    strict: Annotated[bool, typer.Option(help="a file that does not decode stops the run instead of being left out")] = False,
+    merge: Annotated[bool, typer.Option(help="write full weights even where trained-only + base pointer is smaller")] = False,
+    resume: Annotated[bool, typer.Option(help="continue the teacher pass and the training in --output")] = False,
+    gradient_checkpointing: Annotated[bool, typer.Option(help="recompute activations in backward to save memory")] = True,
+    quantize: Annotated[str, typer.Option(help="nf4: a 4-bit base under LoRA adapters (needs --lora) | none")] = "none",
+    device: Annotated[Optional[str], typer.Option(help="cuda or cpu (default: cuda when present)")] = None,
+    workers: Annotated[Optional[int], typer.Option(help="processes decoding videos ahead of the step")] = None,
+) -> None:
+    """Make a CrossLMM from the full-token model inside its own checkpoint, without labels: the
+    teacher answers prompts about your videos once, the student learns its answers at a fraction of
+    the tokens; runs unchanged under torchrun / accelerate launch."""
+    from .distill.run import DistillSettings, distill as run_distill
+
+    settings = DistillSettings(
+        folder=data, output=output, model=model, tokens_per_frame=tokens_per_frame,
+        teacher_tokens_per_frame=teacher_tokens_per_frame, prompts=prompts, teacher_max_new_tokens=teacher_max_new_tokens,
+        teacher_temperature=teacher_temperature, teacher_batch_size=teacher_batch_size, top_k=top_k,
+        temperature=temperature, alpha=alpha, lora=lora, lora_rank=lora_rank, lora_alpha=2 * lora_rank, lr=lr,
+        gate_init=gate_init, memory_position=memory_position, batch_size=batch_size, grad_accum=grad_accum,
+        global_batch=global_batch, epochs=epochs, max_steps=max_steps, frames=frames, seed=seed, save_every=save_every,
+        strict=strict, merge=merge, resume=resume, gradient_checkpointing=gradient_checkpointing, quantize=quantize,
+        device=device, workers=workers)
+    writable_folder(output, "--output")
+    quiet_libraries()
+    with training_bars() as (teacher_progress, progress):
+        summary = run_distill(settings, report=report_line, teacher_progress=teacher_progress, progress=progress)
+    if summary is not None:
+        stderr.print(f"[green]teacher[/] answered {summary['answered']} of {summary['prompts']} prompts "
+                     f"({summary['left_out']} left out)", highlight=False)
+        print_trained(summary, output)
 
 
 @app.command()

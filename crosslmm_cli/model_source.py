@@ -114,11 +114,13 @@ def open_model(
     tokens_per_frame: int | None = None,
     require_trained: bool = False,
     read_weights: bool = True,
+    pool_mode: str | None = None,
 ):
     """Load ``spec``: a checkpoint directory, a preset name (built once into the cache) or a hub id.
     With ``require_trained``, refuse (before loading weights) a model whose projector is untrained;
     without ``read_weights``, allocate the weights without reading them (see ``unread_model``)."""
-    overrides = {} if tokens_per_frame is None else {"tokens_per_frame": tokens_per_frame}
+    overrides = {name: value for name, value in (("tokens_per_frame", tokens_per_frame), ("pool_mode", pool_mode))
+                 if value is not None}
     if is_checkpoint_dir(spec):
         check_checkpoint(Path(spec))
     if require_trained:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import copy
+import math
 
 import torch
 from accelerate import init_empty_weights
@@ -103,6 +104,10 @@ def from_llava_onevision(
         projector_hidden_act=ov.projector_hidden_act,
         projector_bias=getattr(ov, "multimodal_projector_bias", True),
         frame_separator="video",
+        # LLaVA-OneVision pools each frame's grid bilinearly to ceil(grid / 2)² tokens (27x27 -> 196):
+        # at that count with its gates closed, the converted model is the original (distillation's teacher)
+        native_tokens_per_frame=math.ceil(ov.vision_config.image_size // ov.vision_config.patch_size / 2) ** 2,
+        native_pool_mode="bilinear",
     )
     settings.update(options)
     config = CrossLMMConfig(vision_config=ov.vision_config, text_config=ov.text_config, **settings)

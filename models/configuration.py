@@ -27,6 +27,8 @@ class CrossLMMConfig(PretrainedConfig):
         vision_config: dict | PretrainedConfig | None = None,
         text_config: dict | PretrainedConfig | None = None,
         tokens_per_frame: int = 9,  # g², the pooled tokens each frame keeps in the LLM
+        native_tokens_per_frame: int | None = None,  # what the weights were trained to see (196 for LLaVA-OneVision) ...
+        native_pool_mode: str | None = None,  # ... pooled this way (LLaVA-OneVision: "bilinear")
         pool_mode: str = "area",  # "area": mean over blocks (adaptive); "bilinear": LLaVA-OV interpolate
         cross_attn_every: int = 4,  # K: decoder layers (i+1) % K == 0 carry a dual cross-attention
         v2v: bool = True,  # pooled visual tokens read the original tokens
@@ -59,6 +61,8 @@ class CrossLMMConfig(PretrainedConfig):
         self.text_config = text_config if text_config is not None else AutoConfig.for_model("qwen2")
 
         self.tokens_per_frame = tokens_per_frame
+        self.native_tokens_per_frame = native_tokens_per_frame
+        self.native_pool_mode = native_pool_mode
         self.pool_mode = pool_mode
         self.cross_attn_every = cross_attn_every
         self.v2v = v2v
@@ -81,8 +85,9 @@ class CrossLMMConfig(PretrainedConfig):
 
     def validate_crosslmm(self) -> None:
         """Raise ``ValueError`` naming the first CrossLMM knob that is out of range."""
-        if self.pool_mode not in POOL_MODES:
-            raise ValueError(f"pool_mode must be one of {POOL_MODES}, got {self.pool_mode!r}")
+        for name in ("pool_mode", "native_pool_mode"):
+            if getattr(self, name) not in (*POOL_MODES, *([None] if name == "native_pool_mode" else [])):
+                raise ValueError(f"{name} must be one of {POOL_MODES}, got {getattr(self, name)!r}")
         if self.v2v_scope not in V2V_SCOPES:
             raise ValueError(f"v2v_scope must be one of {V2V_SCOPES}, got {self.v2v_scope!r}")
         if self.frame_separator not in FRAME_SEPARATORS:

@@ -63,6 +63,9 @@ SMALL_TEXT = dict(
     vocab_size=272, max_position_embeddings=131072, tie_word_embeddings=False,
 )
 
+# what LLaVA-OneVision was trained to see: 27x27 patches pooled bilinearly to 14x14 (its teacher in distillation)
+OV_NATIVE = dict(native_tokens_per_frame=196, native_pool_mode="bilinear")
+
 PRESETS: dict[str, Preset] = {
     preset.name: preset
     for preset in [
@@ -89,7 +92,7 @@ PRESETS: dict[str, Preset] = {
             SIGLIP_SO400M,
             dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
                  num_key_value_heads=2, vocab_size=152000, tie_word_embeddings=True),
-            dict(tokens_per_frame=9, cross_attn_every=4, frame_separator="video", video_token_id=151647),
+            dict(tokens_per_frame=9, cross_attn_every=4, frame_separator="video", video_token_id=151647, **OV_NATIVE),
             llava_id="llava-hf/llava-onevision-qwen2-0.5b-ov-hf",
         ),
         Preset(
@@ -99,7 +102,7 @@ PRESETS: dict[str, Preset] = {
             SIGLIP_SO400M,
             dict(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
                  num_key_value_heads=4, vocab_size=152128, tie_word_embeddings=False),
-            dict(tokens_per_frame=9, cross_attn_every=4, frame_separator="video", video_token_id=151647),
+            dict(tokens_per_frame=9, cross_attn_every=4, frame_separator="video", video_token_id=151647, **OV_NATIVE),
             llava_id="llava-hf/llava-onevision-qwen2-7b-ov-hf",
         ),
         Preset(

@@ -48,6 +48,7 @@ class FinetuneSettings:
     train_vision: bool = False  # stage 2: train the vision tower too, at vision_lr
     v2v: bool = True
     t2v: bool = True  # stage 2 only; stage 1 always trains without T2V
+    lora: bool = True  # stage 2 without --full: LoRA adapters on the LLM (False: the LLM stays frozen)
     lora_rank: int = 16
     lora_alpha: int = 32
     lr: float | None = None  # default: 1e-3 for stage 1, 1e-5 for stage 2
@@ -82,7 +83,7 @@ class FinetuneSettings:
             raise UserError("stage 1 trains the projector and V2V; --no-v2v leaves it only the projector: use stage 2")
         if self.quantize not in ("nf4", "none"):
             raise UserError(f"--quantize must be nf4 or none, got {self.quantize!r}")
-        if self.quantize == "nf4" and (self.stage == 1 or self.full):
+        if self.quantize == "nf4" and (self.stage == 1 or self.full or not self.lora):
             raise UserError("--quantize nf4 is QLoRA: stage 2 with LoRA adapters (no --full: 4-bit weights do not train)")
         if self.sources is None and not self.folder.is_dir():
             raise UserError(f"{self.folder} is not a folder; give the folder with the videos and annotations.jsonl "
@@ -136,7 +137,7 @@ def configure_stage(model, settings: FinetuneSettings):
     LoRA the model comes back wrapped by peft."""
     model.requires_grad_(False)
     model.set_cross_attention(v2v=settings.v2v, t2v=settings.t2v and settings.stage == 2)
-    if settings.stage == 2 and not settings.full:
+    if settings.stage == 2 and not settings.full and settings.lora:
         from peft import LoraConfig, get_peft_model
 
         with warnings.catch_warnings():
@@ -311,15 +312,16 @@ def merge_into_full_precision(model, settings: FinetuneSettings):
 
 
 def save_final(model, processor, settings: FinetuneSettings, trained: list[str]) -> str:
-    """Trained-only + base pointer when nothing quantisable was trained (stage 1), unless --merge;
-    else full weights (LoRA merged in). Returns which was written."""
+    """Trained-only + base pointer when no LLM weight was trained (stage 1, or stage 2 without LoRA),
+    unless --merge; else full weights (LoRA merged in). Returns which was written."""
     if settings.quantize == "nf4":
         core = merge_into_full_precision(model, settings)
     else:
         core = model.merge_and_unload() if hasattr(model, "merge_and_unload") else model
     core.config.needs_training = False
     core.to(weights_dtype(settings.model))  # trained in float32, written in the base's dtype
-    if settings.stage == 1 and not settings.merge:  # stage 1 trains no quantisable weight
+    trains_llm = settings.stage == 2 and (settings.full or settings.lora)
+    if not trains_llm and not settings.merge:  # no quantisable weight trained
         save_partial_checkpoint(core, processor, settings.output, trained, resolve_base(settings.model, settings.output))
         return "trained tensors + base pointer"
     save_checkpoint(core, processor, settings.output)
@@ -344,8 +346,17 @@ def plot_loss(metrics_path: Path, png: Path) -> None:
 
 
 # ---- the run ----------------------------------------------------------------------------------------
+def answer_loss(model, batch: dict, samples: list[tuple[int, str]]) -> torch.Tensor:
+    """Cross-entropy on the answer tokens: the labels' (finetune's loss)."""
+    return model(**batch).loss
+
+
 def finetune(settings: FinetuneSettings, report: Callable[[str], None] = lambda _: None,
-             progress: Callable[[int, int], Callable[[dict], None]] | None = None) -> dict | None:
+             progress: Callable[[int, int], Callable[[dict], None]] | None = None,
+             loss_of: Callable[..., torch.Tensor] = answer_loss, sources: list | None = None) -> dict | None:
+    """Train as ``settings`` say; ``loss_of(model, micro-batch, its (number, name) samples)`` is the
+    loss (distillation gives its own), ``sources`` the data when the caller opened it (distillation's
+    teacher targets), else the settings' folder or recipe."""
     from accelerate import Accelerator, DistributedDataParallelKwargs, PartialState
     from accelerate.utils import gather_object, set_seed
     from transformers import get_cosine_schedule_with_warmup
@@ -372,13 +383,17 @@ def finetune(settings: FinetuneSettings, report: Callable[[str], None] = lambda 
     resumed_state = check_resumable(last_checkpoint, settings, launch) if settings.resume else None
     if resumed_state is not None:
         check_training_state(last_checkpoint)
-    if settings.sources is None:  # a training folder: one source, whose size is known
-        specs, base = [{"path": str(settings.folder), "weight": 1.0, "media": None}], Path.cwd()
+    if sources is not None:  # opened by the caller
+        specs = [{"path": source.spec, "weight": 1.0, "media": None} for source in sources]
+    elif settings.sources is None:  # a training folder: one source, whose size is known
+        specs = [{"path": str(settings.folder), "weight": 1.0, "media": None}]
+        sources = open_sources(specs, Path.cwd(), settings.output)
     else:
-        specs, base = settings.sources, settings.folder.resolve().parent
-    sources = open_sources(specs, base, settings.output)
+        specs = settings.sources
+        sources = open_sources(specs, settings.folder.resolve().parent, settings.output)
     damaged = report_damage(sources, settings.strict, report if accelerator.is_main_process else lambda _: None)
-    rows = sources[0].count(0) if settings.sources is None else None  # a folder's rows: an epoch
+    # a folder's rows (or the teacher's targets): an epoch; a recipe's sources are never counted whole
+    rows = sum(sources[0].count(shard) for shard in range(len(sources[0].shards))) if settings.sources is None else None
     total_steps = settings.max_steps or math.ceil(rows * settings.epochs / settings.global_batch)
 
     workers = default_workers() if settings.workers is None else settings.workers
@@ -435,7 +450,7 @@ def finetune(settings: FinetuneSettings, report: Callable[[str], None] = lambda 
             step_samples += gather_object(samples)
             stand_in = batch.pop("stand_in", 0)  # a row that learns nothing (see visual_stand_in)
             with interrupts.deferred(), accelerator.accumulate(model):  # Ctrl-C waits for the step's end
-                loss = model(**batch).loss
+                loss = loss_of(model, batch, samples)
                 accelerator.backward(loss)
                 grad_norm = None
                 if accelerator.sync_gradients:

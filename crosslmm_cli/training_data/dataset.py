@@ -35,6 +35,12 @@ GIVE_UP_AFTER = 64
 UNUSABLE = (UserError, OSError, ValueError, KeyError, TypeError, av.FFmpegError)
 
 
+def sampling_request(count: int, processor) -> SamplingRequest:
+    """How a sample's video (``count`` frames) or image (1) is read for training; distillation's
+    teacher reads its inputs the same way, so that teacher and student see the same pixels."""
+    return SamplingRequest(count, max_side=2 * processor.image_size)
+
+
 class MixtureDataset(torch.utils.data.Dataset):
     def __init__(self, order: SampleOrder, processor, frames: int, cache_bytes: int = 2 << 30):
         self.order, self.processor, self.frames = order, processor, frames
@@ -45,7 +51,7 @@ class MixtureDataset(torch.utils.data.Dataset):
         return 2**62
 
     def frames_of(self, media: Media, count: int) -> torch.Tensor:
-        request = SamplingRequest(count, max_side=2 * self.processor.image_size)
+        request = sampling_request(count, self.processor)
         if media.path is not None:
             return self.file_frames(media.path, request)
         # bytes from a shard: the decoder reads files, so the member goes through a temporary one
