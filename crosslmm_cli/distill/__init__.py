@@ -1,4 +1,5 @@
 """Label-free self-distillation of a CrossLMM from the full-token model inside its own checkpoint
-(issue 35). So far: the loss (``loss``) and the teacher's top-k log-probabilities at answer tokens
-with the head run over the answers only (``teacher``); the cached teacher pass and the command come
-next."""
+(``crosslmm distill``): ``prompts`` (what the teacher is asked), ``teacher_pass`` (its answers and
+top-k log-probabilities, written by ``cache``), ``student`` (the cached answers as a training source,
+and the loss that reads them, from ``loss``), ``run`` (the two passes, the second through finetune's
+loop)."""
