@@ -7,6 +7,7 @@ import functools
 import itertools
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -237,6 +238,69 @@ def serve(
     stderr.print(f"[green]serving[/] {settings.served_model_name} on http://{host}:{port}/v1 "
                  f"(media root {settings.media_root})", highlight=False)
     run(engine)
+
+
+@app.command("run-batch")
+@user_errors
+def run_batch(
+    input_file: Annotated[Path, typer.Option("--input", "-i", readable=False, help="requests in OpenAI's Batch format, "
+                                                                                  "one JSON line each")],
+    output_file: Annotated[Path, typer.Option("--output", "-o", readable=False, help="where the output lines go "
+                                                                                    "(a rerun continues it)")],
+    media_root: Annotated[Path, typer.Option(readable=False, help="the only folder videos and images are read from")],
+    model: Annotated[str, typer.Option(help="preset name, checkpoint directory or hub id")] = "crosslmm-ov-0.5b",
+    served_model_name: Annotated[Optional[str], typer.Option(help="the model name the bodies give (default: --model's "
+                                                                  "last part)")] = None,
+    frames: Annotated[int, typer.Option(help="frames sampled per video unless a request says otherwise")] = 32,
+    tokens_per_frame: Annotated[Optional[int], typer.Option(help="pooled tokens per frame")] = None,
+    quantize: Annotated[Optional[str], typer.Option(help="nf4 | int8 | none (default: nf4 on CUDA, none on CPU)")] = None,
+    device: Annotated[Optional[str], typer.Option(help="cuda, cuda:N or cpu (default: cuda when present)")] = None,
+    max_tokens: Annotated[int, typer.Option(help="answer length when a request gives no max_tokens")] = 512,
+    max_batch_size: Annotated[int, typer.Option(help="answers generated together (continuous batching)")] = 16,
+    max_queue: Annotated[int, typer.Option(help="requests decoded and waiting or running at once")] = 32,
+    video_cache_mb: Annotated[float, typer.Option(help="memory for encoded videos (least recently used evicted)")] = 4096,
+    prefix_cache_mb: Annotated[float, typer.Option(help="memory for reused prompt keys/values")] = 2048,
+    max_prompt_tokens: Annotated[Optional[int], typer.Option(help="longest prompt, video included (default: the "
+                                                                  "model's context)")] = None,
+) -> None:
+    """Answer a file of chat-completion requests (OpenAI's Batch format, as vLLM's run-batch reads it)
+    with the engine `serve` runs: requests on one video answered together, output keyed by custom_id,
+    resumable by running the same command again."""
+    from .ask import AskSettings, prepare_model
+    from .run_batch import read_batch, run_batch as answer_all
+    from .serve.engine import Engine
+    from .serve.settings import ServeSettings
+
+    if output_file.resolve() == input_file.resolve():
+        raise UserError(f"-o {output_file} is the input file; the input is never overwritten: choose another -o")
+    lines = read_batch(input_file)
+    writable_file(output_file, "-o")
+    settings = ServeSettings(model=model, media_root=media_root, served_model_name=served_model_name, frames=frames,
+                             tokens_per_frame=tokens_per_frame, quantize=quantize, device=device, max_tokens=max_tokens,
+                             max_queue=max_queue, max_batch_size=max_batch_size, video_cache_mb=video_cache_mb,
+                             prefix_cache_mb=prefix_cache_mb, max_prompt_tokens=max_prompt_tokens)
+    quiet_libraries()
+    with stderr.status("loading the model"):
+        loaded, processor, _ = prepare_model(AskSettings(model=model, tokens_per_frame=tokens_per_frame,
+                                                         quantize=quantize, device=device))
+    engine = Engine(loaded, processor, settings)
+    try:
+        with Progress(SpinnerColumn(), TextColumn("requests"), BarColumn(), MofNCompleteColumn(),
+                      TextColumn("{task.fields[rate]}"), TimeRemainingColumn(), console=stderr) as bar:
+            def progress(total: int, done: int):
+                handle, began, written = bar.add_task("requests", total=total, completed=done, rate=""), time.perf_counter(), [0]
+
+                def tick() -> None:
+                    written[0] += 1
+                    bar.update(handle, advance=1, rate=f"{written[0] / (time.perf_counter() - began):.2f} requests/s")
+
+                return tick
+
+            counts = answer_all(engine, lines, output_file, progress)
+    finally:
+        engine.close()
+    stderr.print(f"[green]done[/] {counts['answered']} answered, {counts['refused']} refused, {counts['invalid']} "
+                 f"invalid lines, {counts['skipped']} already in {output_file}", highlight=False)
 
 
 @app.command("eval")

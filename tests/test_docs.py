@@ -17,6 +17,7 @@ PAGES = sorted([ROOT / "README.md", *(ROOT / "docs").glob("*.md")])
 COMMAND_PAGES = {
     "ask": "asking.md", "serve": "serving.md", "eval": "evaluation.md", "finetune": "training.md",
     "bench": "performance.md", "init": "models.md", "models": "models.md", "distill": "distillation.md",
+    "run-batch": "serving.md",
 }
 LINK = re.compile(r"(?<!!)\[[^\]]*\]\(([^)\s]+)\)")
 FENCE = re.compile(r"^```.*?^```", re.M | re.S)

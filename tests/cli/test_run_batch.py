@@ -1,0 +1,149 @@
+"""`crosslmm run-batch` on CPU with the tiny checkpoint: its answers against `crosslmm serve`'s on the
+same bodies (asked with the official openai client), its output lines parsed with the client's own
+types, bad lines, and a run killed with SIGKILL against one never stopped."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from openai import OpenAI
+from openai.types.chat import ChatCompletion
+from typer.testing import CliRunner
+
+from crosslmm_cli.app import app
+from crosslmm_cli.synthetic_video import index_frames, write_video
+from tests.cli.test_serve import make_engine, running
+
+runner = CliRunner()
+FRAMES = 4  # as make_engine's engine samples
+
+
+@pytest.fixture(scope="module")
+def media(tmp_path_factory):
+    root = tmp_path_factory.mktemp("batch_media")
+    write_video(root / "a.mp4", index_frames(30), (96, 96), 25, "libx264", 10)
+    write_video(root / "b.mp4", index_frames(30, 64, 96), (96, 64), 25, "libx264", 10)
+    (root / "broken.mp4").write_text("not a video\n")
+    return root
+
+
+def request(custom_id: str, url: str, text: str, **body) -> dict:
+    messages = [{"role": "user", "content": [{"type": "video_url", "video_url": {"url": url}}, {"type": "text", "text": text}]}]
+    return {"custom_id": custom_id, "method": "POST", "url": "/v1/chat/completions",
+            "body": {"model": "tiny", "messages": messages, "max_tokens": 6, **body}}
+
+
+GOOD = [request(f"{video}-{n}", f"{video}.mp4", question) for video in "ab"
+        for n, question in enumerate(["What is shown?", "What happens next?", "Which colour?"])]
+BAD = [  # (what its output line is known by, the line, its response's status: None for a line that is no request)
+    ("outside", json.dumps(request("outside", "../secret.mp4", "Hi?")), 403),
+    ("broken", json.dumps(request("broken", "broken.mp4", "Hi?")), 400),
+    ("too long", json.dumps(request("too long", "a.mp4", "Hi?", max_tokens=10**6)), 400),
+    ("streamed", json.dumps(request("streamed", "a.mp4", "Hi?", stream=True)), 400),
+    ("other url", json.dumps({**request("other url", "a.mp4", "Hi?"), "url": "/v1/embeddings"}), None),
+    ("line 12", json.dumps(request("a-0", "a.mp4", "Again?")), None),  # a custom_id used on line 1
+    ("line 13", "{not json", None),
+]
+
+
+@pytest.fixture(scope="module")
+def requests_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("batch") / "requests.jsonl"
+    lines = [json.dumps(row) for row in GOOD] + [line for _, line, _ in BAD]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def run_batch(requests_file, output, media, checkpoint):
+    return runner.invoke(app, ["run-batch", "-i", str(requests_file), "-o", str(output), "--model", str(checkpoint),
+                               "--media-root", str(media), "--frames", str(FRAMES), "--device", "cpu"])
+
+
+def outputs(path) -> dict[str, dict]:
+    """Output lines by custom_id (by line for a line without one); each key must come once."""
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    keys = [row["custom_id"] if row["custom_id"] is not None else row["error"]["line"] for row in rows]
+    assert len(keys) == len(set(keys)), "a request answered twice"
+    return dict(zip(keys, rows))
+
+
+def answers(rows: dict[str, dict]) -> dict[str, object]:
+    return {key: (row["response"] or {}).get("status_code") if not row["response"] or row["response"]["status_code"] != 200
+            else [choice["message"]["content"] for choice in row["response"]["body"]["choices"]] for key, row in rows.items()}
+
+
+def test_a_batch_answers_as_serve_does_and_every_bad_line_gets_one_error(requests_file, media, tiny_open_checkpoint,
+                                                                          tmp_path):
+    result = run_batch(requests_file, tmp_path / "out.jsonl", media, tiny_open_checkpoint)
+    assert result.exit_code == 0, result.output
+    rows = outputs(tmp_path / "out.jsonl")
+    assert len(rows) == len(GOOD) + len(BAD)
+    engine = make_engine(tiny_open_checkpoint, media)
+    try:
+        with running(engine) as url:
+            client = OpenAI(base_url=url + "/v1", api_key="none", max_retries=0, timeout=60)
+            for line in GOOD:
+                body = line["body"]
+                served = client.chat.completions.create(model=body["model"], messages=body["messages"],
+                                                        max_tokens=body["max_tokens"])
+                batched = ChatCompletion.model_validate(rows[line["custom_id"]]["response"]["body"])
+                assert batched.choices[0].message.content == served.choices[0].message.content
+                assert batched.usage.prompt_tokens == served.usage.prompt_tokens
+    finally:
+        engine.close()
+    for key, _, status in BAD:
+        row = rows[key]
+        if status is None:
+            assert row["response"] is None and row["error"]["message"], row
+        else:
+            assert row["response"]["status_code"] == status and row["response"]["body"]["error"]["message"], row
+    assert "is on line 1 already" in rows["line 12"]["error"]["message"]
+    assert "6 answered, 4 refused, 3 invalid lines" in result.output
+
+
+def test_a_rerun_skips_what_is_done_and_repairs_a_half_written_line(requests_file, media, tiny_open_checkpoint, tmp_path):
+    output = tmp_path / "out.jsonl"
+    assert run_batch(requests_file, output, media, tiny_open_checkpoint).exit_code == 0
+    whole = answers(outputs(output))
+    lines = output.read_text().splitlines(keepends=True)
+    output.write_text("".join(lines[:5]) + lines[5][:40])  # five whole lines and half of the sixth
+    again = run_batch(requests_file, output, media, tiny_open_checkpoint)
+    assert again.exit_code == 0 and "5 already in" in again.output
+    assert answers(outputs(output)) == whole
+
+
+def test_killed_mid_run_the_same_command_finishes_it_as_a_run_never_stopped(requests_file, media, tiny_open_checkpoint,
+                                                                           tmp_path):
+    whole, killed = tmp_path / "whole.jsonl", tmp_path / "killed.jsonl"
+
+    def launch(output, kill_after=None):
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        if kill_after is not None:
+            env["CROSSLMM_TEST_KILL_AFTER_LINES"] = str(kill_after)
+        return subprocess.run([sys.executable, "-m", "tests.killed_at_step", "run-batch", "-i", str(requests_file), "-o",
+                               str(output), "--model", str(tiny_open_checkpoint), "--media-root", str(media), "--frames",
+                               str(FRAMES), "--device", "cpu"], capture_output=True, text=True, timeout=300, env=env)
+
+    assert launch(whole).returncode == 0
+    cut = launch(killed, kill_after=6)
+    assert cut.returncode == -9 and len(killed.read_text().splitlines()) == 6
+    resumed = launch(killed)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert answers(outputs(killed)) == answers(outputs(whole))
+
+
+@pytest.mark.parametrize(("case", "message"), [
+    ("same file", "is the input file"),
+    ("no input", "cannot read it"),
+    ("no media root", "no such folder"),
+])
+def test_bad_invocations_are_one_line_before_the_model_loads(requests_file, media, tmp_path, case, message):
+    given = {"same file": (requests_file, requests_file, media), "no input": (tmp_path / "none.jsonl", tmp_path / "o.jsonl", media),
+             "no media root": (requests_file, tmp_path / "o.jsonl", tmp_path / "nowhere")}[case]
+    result = runner.invoke(app, ["run-batch", "-i", str(given[0]), "-o", str(given[1]), "--media-root", str(given[2]),
+                                 "--model", "no-such-model"])
+    assert result.exit_code == 1 and message in result.output, result.output
