@@ -213,6 +213,7 @@ def serve(
     prefix_cache_mb: Annotated[float, typer.Option(help="memory for reused prompt keys/values")] = 2048,
     max_request_mb: Annotated[float, typer.Option(help="largest request body")] = 32,
     max_prompt_tokens: Annotated[Optional[int], typer.Option(help="longest prompt, video included (default: the model's context)")] = None,
+    max_logprobs: Annotated[int, typer.Option(help="the most top_logprobs a request may ask for")] = 20,
 ) -> None:
     """Serve the model over HTTP with OpenAI's chat-completions API; each video is decoded and
     encoded once, and follow-up questions reuse the conversation's keys/values."""
@@ -225,7 +226,8 @@ def serve(
                              served_model_name=served_model_name, allow_remote_media=allow_remote_media, frames=frames,
                              tokens_per_frame=tokens_per_frame, quantize=quantize, device=device, max_tokens=max_tokens,
                              max_queue=max_queue, max_batch_size=max_batch_size, video_cache_mb=video_cache_mb, prefix_cache_mb=prefix_cache_mb,
-                             max_request_mb=max_request_mb, max_prompt_tokens=max_prompt_tokens)
+                             max_request_mb=max_request_mb, max_prompt_tokens=max_prompt_tokens,
+                             max_logprobs=max_logprobs)
     settings.check_port_free()
     if not settings.loopback and settings.api_key is None:
         stderr.print(f"[yellow]warning:[/] listening on {host} without --api-key: anyone who can reach this "
@@ -262,6 +264,7 @@ def run_batch(
     prefix_cache_mb: Annotated[float, typer.Option(help="memory for reused prompt keys/values")] = 2048,
     max_prompt_tokens: Annotated[Optional[int], typer.Option(help="longest prompt, video included (default: the "
                                                                   "model's context)")] = None,
+    max_logprobs: Annotated[int, typer.Option(help="the most top_logprobs a request may ask for")] = 20,
 ) -> None:
     """Answer a file of chat-completion requests (OpenAI's Batch format, as vLLM's run-batch reads it)
     with the engine `serve` runs: requests on one video answered together, output keyed by custom_id,
@@ -278,7 +281,8 @@ def run_batch(
     settings = ServeSettings(model=model, media_root=media_root, served_model_name=served_model_name, frames=frames,
                              tokens_per_frame=tokens_per_frame, quantize=quantize, device=device, max_tokens=max_tokens,
                              max_queue=max_queue, max_batch_size=max_batch_size, video_cache_mb=video_cache_mb,
-                             prefix_cache_mb=prefix_cache_mb, max_prompt_tokens=max_prompt_tokens)
+                             prefix_cache_mb=prefix_cache_mb, max_prompt_tokens=max_prompt_tokens,
+                             max_logprobs=max_logprobs)
     quiet_libraries()
     with stderr.status("loading the model"):
         loaded, processor, _ = prepare_model(AskSettings(model=model, tokens_per_frame=tokens_per_frame,

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from .errors import UserError
 from .serve.engine import Engine, Failed, Finished
-from .serve.protocol import ApiError, completion, completion_id, parse_request
+from .serve.protocol import ApiError, parse_request
 
 CHAT_URL = "/v1/chat/completions"
 
@@ -129,7 +129,7 @@ def run_batch(engine: Engine, lines: list[BatchLine], output: Path,
               progress: Callable[[int, int], Callable[[], None]] = lambda total, done: lambda: None) -> dict:
     """Answer the lines not answered yet into ``output`` (appended); counts of what was written.
     ``progress(total, done)`` gives the function called for each line written."""
-    from .serve.server import extension, usage_of
+    from .serve.server import completion_body
 
     done = finished_keys(output)
     todo = sorted((line for line in lines if line.key not in done),
@@ -156,9 +156,7 @@ def run_batch(engine: Engine, lines: list[BatchLine], output: Path,
                 block = block and not isinstance(event, (Finished, Failed))
                 if isinstance(event, Finished):
                     line, job = in_flight.pop(number)
-                    answers = [(text, reason) for text, reason, _ in event.answers]
-                    write(output_line(line, 200, completion(completion_id(), engine.name, answers, usage_of(event),
-                                                            extension(job))), "answered")
+                    write(output_line(line, 200, completion_body(engine, job, event)), "answered")
                 elif isinstance(event, Failed):
                     line, _ = in_flight.pop(number)
                     write(output_line(line, event.error.status, event.error.body()), "refused")

@@ -46,12 +46,18 @@ class Sequence:
     Filled as it runs: ``token_ids`` (the answer's tokens, EOS excluded), ``text`` (a stop string and
     what follows cut), ``prefill_began_at`` and ``first_token_at`` (``time.perf_counter()``), and once ``finished``:
     ``finish_reason`` ("stop", "length" or "cancelled") and ``cache`` (the keys/values of the prompt
-    and of every answer token but the last, for a prefix cache)."""
+    and of every answer token but the last, for a prefix cache).
+
+    With ``logprobs`` (a count k, 0 included), ``token_logprobs`` holds for each of ``token_ids`` its
+    log-probability and the k likeliest tokens' ``(id, log-probability)``, from the distribution it was
+    drawn from (the logits after the row's processors, as generate()'s ``scores``)."""
 
     def __init__(self, input_ids: torch.Tensor, memory: VisualMemory | None, settings: SamplingSettings,
-                 prefix_cache=None, tag=None):
+                 prefix_cache=None, tag=None, logprobs: int | None = None):
         self.input_ids, self.memory, self.settings, self.prefix_cache = input_ids, memory, settings, prefix_cache
         self.tag = tag  # the caller's own (a job and a choice, a question)
+        self.logprobs = logprobs
+        self.token_logprobs: list[tuple[float, list[tuple[int, float]]]] = []
         self.token_ids: list[int] = []
         self.text = ""
         self.prefill_began_at: float | None = None
@@ -65,6 +71,7 @@ class Sequence:
         self._processors: LogitsProcessorList | None = None
         self._picked_with: tuple | None = None  # rows with the same key are picked together (see _choose)
         self._generator: torch.Generator | None = None
+        self._chosen_logprobs: tuple | None = None  # the token being recorded's entry of token_logprobs
 
     @property
     def finished(self) -> bool:
@@ -272,11 +279,13 @@ class ContinuousBatch:
         for i, row in enumerate(rows):
             if not row.finished and row._picked_with is not None:
                 together.setdefault(row._picked_with, []).append(i)
+        processed: dict[int, torch.Tensor] = {}  # the scores of rows that report log-probabilities
         for indices in together.values():
             scores = logits[indices]
             for processor in rows[indices[0]]._processors:
                 scores = processor(None, scores)
             chosen.update(zip(indices, scores.argmax(dim=-1).tolist()))
+            processed.update((i, row_scores) for i, row_scores in zip(indices, scores) if rows[i].logprobs is not None)
         for i, (row, scores) in enumerate(zip(rows, logits)):
             if row.finished or i in chosen:
                 continue
@@ -287,8 +296,12 @@ class ContinuousBatch:
                 chosen[i] = int(torch.multinomial(F.softmax(scores, dim=-1), 1, generator=row._generator))
             else:
                 chosen[i] = int(scores.argmax(dim=-1))
+            if row.logprobs is not None:
+                processed[i] = scores[0]
         for i, row in enumerate(rows):
             if i in chosen:
+                if i in processed:
+                    row._chosen_logprobs = token_logprobs(processed[i], chosen[i], row.logprobs)
                 self._record(row, chosen[i], events)
 
     def _record(self, row: Sequence, token: int, events: list) -> None:
@@ -300,6 +313,8 @@ class ContinuousBatch:
         if token in self.eos:
             return self._finish(row, "stop", events)
         row.token_ids.append(token)
+        if row._chosen_logprobs is not None:
+            row.token_logprobs.append(row._chosen_logprobs)
         ready, stopped = row._stops.feed(row._pieces.add([token]))
         row.text += ready
         if stopped:
@@ -342,6 +357,13 @@ class ContinuousBatch:
             layer.keys, layer.values = layer.keys[index, :, first:], layer.values[index, :, first:]
         self.rows = [self.rows[i] for i in keep]
         self._restack()
+
+
+def token_logprobs(scores: torch.Tensor, token: int, top: int) -> tuple[float, list[tuple[int, float]]]:
+    """The chosen token's log-probability under ``scores`` (V,) and the ``top`` likeliest tokens'."""
+    log_probs = F.log_softmax(scores.float(), dim=-1)
+    values, ids = log_probs.topk(top) if top else (log_probs[:0], log_probs[:0].long())
+    return float(log_probs[token]), list(zip(ids.tolist(), values.tolist()))
 
 
 def _cached_length(cache) -> int:

@@ -57,6 +57,7 @@ class Job:
     frames_request: SamplingRequest | None
     sampling: SamplingSettings
     n: int
+    logprobs: int | None = None  # top log-probabilities per token (0: the chosen token's only); None: none
     cancelled: threading.Event = field(default_factory=threading.Event)
     # filled by Engine.load
     video_key: tuple | None = None
@@ -91,6 +92,7 @@ class Finished:
     answers: list[tuple[str, str, int]]  # (text, finish_reason, tokens) per choice
     prompt_tokens: int
     cached_tokens: int
+    logprobs: list[tuple[list[int], list]] | None = None  # per choice: its token ids and their log-probabilities
 
 
 @dataclass
@@ -201,7 +203,11 @@ class Engine:
         media = None  # located last: a download is the slowest check
         if found:
             media = self.media.resolve(found[0][1], "video" if frames_request is not None else "image")
-        return Job(messages, media, frames_request, sampling, request.n)
+        logprobs = (request.top_logprobs or 0) if request.logprobs else None
+        if logprobs is not None and logprobs > self.settings.max_logprobs:
+            raise ApiError(400, f"top_logprobs is {logprobs}; this server gives at most {self.settings.max_logprobs}",
+                           param="top_logprobs")
+        return Job(messages, media, frames_request, sampling, request.n, logprobs=logprobs)
 
     def _frames_request(self, request: ChatCompletionRequest) -> SamplingRequest:
         options = request.video_sampling
@@ -330,7 +336,8 @@ class Engine:
             job.cached_tokens = job.cached_tokens if index else cached
             self.metrics.prefix_queries.inc(len(job.prompt_ids))
             self.metrics.prefix_hits.inc(cached)
-            sequence = Sequence(job.inputs["input_ids"], memory, sampling, prefix_cache=cache, tag=(job, index))
+            sequence = Sequence(job.inputs["input_ids"], memory, sampling, prefix_cache=cache, tag=(job, index),
+                                logprobs=job.logprobs)
             job.sequences.append(sequence)
             self.batch.add(sequence)
 
@@ -370,7 +377,8 @@ class Engine:
         self.metrics.end_to_end.observe(time.perf_counter() - job._ticket.admitted_at)
         self.metrics.finished([reason for _, reason, _ in answers])
         job._ticket.release()
-        job._emit(Finished(answers, prompt_tokens, job.cached_tokens))
+        logprobs = [(s.token_ids, s.token_logprobs) for s in job.sequences] if job.logprobs is not None else None
+        job._emit(Finished(answers, prompt_tokens, job.cached_tokens, logprobs))
 
     def _fail(self, job: Job, error: ApiError) -> None:
         if job in self.active:

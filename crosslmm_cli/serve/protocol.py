@@ -92,6 +92,7 @@ class ChatCompletionRequest(BaseModel):
     frequency_penalty: float | None = None
     presence_penalty: float | None = None
     logprobs: bool | None = None
+    top_logprobs: int | None = Field(None, ge=0)
     tools: list | None = None
     video_sampling: VideoSampling | None = None
 
@@ -109,8 +110,10 @@ class ChatCompletionRequest(BaseModel):
         if self.frequency_penalty or self.presence_penalty:
             raise ApiError(400, "frequency_penalty and presence_penalty are not supported; use repetition_penalty "
                                 "(> 1 discourages repeats)", param="frequency_penalty")
-        if self.logprobs:
-            raise ApiError(400, "logprobs are not supported by this server", param="logprobs")
+        if self.top_logprobs is not None and not self.logprobs:
+            raise ApiError(400, "top_logprobs needs logprobs: true", param="top_logprobs")
+        if self.logprobs and self.stream:
+            raise ApiError(400, "logprobs are not streamed yet: leave stream out to get them", param="logprobs")
         if self.tools:
             raise ApiError(400, "tools (function calling) are not supported by this model", param="tools")
 
@@ -140,15 +143,29 @@ def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int) -> dic
             "prompt_tokens_details": {"cached_tokens": cached_tokens}}
 
 
-def completion(id: str, model: str, answers: list[tuple[str, str]], usage_block: dict, extension: dict) -> dict:
-    """A ``chat.completion`` with one choice per (text, finish_reason)."""
+def completion(id: str, model: str, answers: list[tuple[str, str]], usage_block: dict, extension: dict,
+               logprobs: list[dict] | None = None) -> dict:
+    """A ``chat.completion`` with one choice per (text, finish_reason), and each one's ``logprobs``
+    block (see :func:`logprobs_block`) when they were asked for."""
     return {
         "id": id, "object": "chat.completion", "created": int(time.time()), "model": model,
         "choices": [{"index": i, "message": {"role": "assistant", "content": text}, "finish_reason": reason,
-                     "logprobs": None} for i, (text, reason) in enumerate(answers)],
+                     "logprobs": logprobs[i] if logprobs else None} for i, (text, reason) in enumerate(answers)],
         "usage": usage_block,
         "crosslmm": extension,
     }
+
+
+def logprobs_block(tokenizer, token_ids: list[int], entries: list[tuple[float, list[tuple[int, float]]]]) -> dict:
+    """OpenAI's ``choices[i].logprobs``: per answer token its text, log-probability, UTF-8 bytes and
+    the likeliest tokens' (a token that is part of a character shows as the replacement character, as
+    vLLM shows it)."""
+    def token(id_: int, logprob: float) -> dict:
+        text = tokenizer.decode([id_])
+        return {"token": text, "logprob": logprob, "bytes": list(text.encode("utf-8"))}
+
+    return {"content": [{**token(id_, logprob), "top_logprobs": [token(i, lp) for i, lp in top]}
+                        for id_, (logprob, top) in zip(token_ids, entries)], "refusal": None}
 
 
 def chunk(id: str, model: str, created: int, index: int | None = None, delta: dict | None = None,

@@ -16,7 +16,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .engine import Engine, Failed, Finished, Job, Piece, Started
-from .protocol import ApiError, chunk, completion, completion_id, parse_request, usage
+from .protocol import ApiError, chunk, completion, completion_id, logprobs_block, parse_request, usage
 
 log = logging.getLogger("crosslmm.serve")
 
@@ -108,9 +108,7 @@ def create_app(engine: Engine) -> FastAPI:
                 if isinstance(event, Failed):
                     raise event.error
                 if isinstance(event, Finished):  # pieces (and the start) are for streams; the answers come whole
-                    answers = [(text, reason) for text, reason, _ in event.answers]
-                    body = completion(completion_id(), engine.name, answers, usage_of(event), extension(job))
-                    return JSONResponse(body, headers=headers)
+                    return JSONResponse(completion_body(engine, job, event), headers=headers)
         finally:
             job.cancelled.set()  # a no-op once the job ended; stops it when this handler is cancelled
 
@@ -163,6 +161,14 @@ async def read_body(request: Request, limit: int) -> bytes:
 
 def cache_header(job: Job) -> str:
     return "none" if job.video_cache_hit is None else ("hit" if job.video_cache_hit else "miss")
+
+
+def completion_body(engine: Engine, job: Job, event: Finished) -> dict:
+    """The ``chat.completion`` a finished job answers (``serve``'s response body, ``run-batch``'s line body)."""
+    answers = [(text, reason) for text, reason, _ in event.answers]
+    logprobs = [logprobs_block(engine.processor.tokenizer, ids, entries) for ids, entries in event.logprobs] \
+        if event.logprobs is not None else None
+    return completion(completion_id(), engine.name, answers, usage_of(event), extension(job), logprobs)
 
 
 def usage_of(event: Finished) -> dict:

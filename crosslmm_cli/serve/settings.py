@@ -34,6 +34,7 @@ class ServeSettings:
     max_request_mb: float = 32  # request body (images as data: URLs count)
     max_remote_media_mb: float = 512
     max_prompt_tokens: int | None = None  # default: the model's context
+    max_logprobs: int = 20  # the most top_logprobs a request may ask for (OpenAI's limit)
 
     def __post_init__(self):
         self.media_root = Path(self.media_root).expanduser()
@@ -51,6 +52,8 @@ class ServeSettings:
                             ("--max-request-mb", self.max_request_mb), ("--max-remote-media-mb", self.max_remote_media_mb)):
             if not value >= 0:
                 raise UserError(f"{flag} must be >= 0, got {value}")
+        if self.max_logprobs < 0:
+            raise UserError(f"--max-logprobs must be >= 0, got {self.max_logprobs}")
         if self.max_prompt_tokens is not None and self.max_prompt_tokens < 1:
             raise UserError(f"--max-prompt-tokens must be at least 1, got {self.max_prompt_tokens}")
         if self.api_key is not None and not self.api_key.strip():

@@ -9,14 +9,17 @@ import os
 import subprocess
 import sys
 
+import openai
 import pytest
+import torch
 from openai import OpenAI
 from openai.types.chat import ChatCompletion
+from transformers import AutoModelForImageTextToText, AutoProcessor
 from typer.testing import CliRunner
 
 from crosslmm_cli.app import app
 from crosslmm_cli.synthetic_video import index_frames, write_video
-from tests.cli.test_serve import make_engine, running
+from tests.cli.test_serve import as_template, frames_of, make_engine, running
 
 runner = CliRunner()
 FRAMES = 4  # as make_engine's engine samples
@@ -147,3 +150,43 @@ def test_bad_invocations_are_one_line_before_the_model_loads(requests_file, medi
     result = runner.invoke(app, ["run-batch", "-i", str(given[0]), "-o", str(given[1]), "--media-root", str(given[2]),
                                  "--model", "no-such-model"])
     assert result.exit_code == 1 and message in result.output, result.output
+
+
+def test_logprobs_are_log_softmax_of_generates_scores_in_serve_and_run_batch(media, tiny_open_checkpoint, tmp_path):
+    """``logprobs``/``top_logprobs`` against transformers' own generate() (AutoModel, output_scores),
+    asked of `serve` with the official client and of `run-batch`, parsed with the client's types."""
+    processor = AutoProcessor.from_pretrained(tiny_open_checkpoint)
+    model = AutoModelForImageTextToText.from_pretrained(tiny_open_checkpoint).eval()
+    body = request("lp", "a.mp4", "What is shown?", logprobs=True, top_logprobs=3)
+    prompt = processor.apply_chat_template(as_template(body["body"]["messages"]), add_generation_prompt=True)
+    inputs = processor(text=prompt, videos=[frames_of(media / "a.mp4", FRAMES)])
+    generated = model.generate(**inputs, max_new_tokens=6, do_sample=False, output_scores=True, return_dict_in_generate=True)
+    tokens = generated.sequences[0, inputs["input_ids"].shape[1]:].tolist()
+    expected = [torch.log_softmax(scores[0].float(), dim=-1) for scores in generated.scores]
+
+    def check(content) -> None:
+        kept = [t for t in tokens if t not in processor.tokenizer.all_special_ids]  # the end of turn is no content
+        assert len(content) == len(kept) > 0
+        for entry, token, log_probs in zip(content, kept, expected):
+            assert entry.token == processor.tokenizer.decode([token])
+            assert abs(entry.logprob - float(log_probs[token])) <= 1e-4
+            top = log_probs.topk(3)
+            assert [t.token for t in entry.top_logprobs] == [processor.tokenizer.decode([i]) for i in top.indices.tolist()]
+            assert all(abs(t.logprob - v) <= 1e-4 for t, v in zip(entry.top_logprobs, top.values.tolist()))
+
+    requests = tmp_path / "lp.jsonl"
+    requests.write_text(json.dumps(body) + "\n")
+    assert run_batch(requests, tmp_path / "out.jsonl", media, tiny_open_checkpoint).exit_code == 0
+    check(ChatCompletion.model_validate(outputs(tmp_path / "out.jsonl")["lp"]["response"]["body"]).choices[0].logprobs.content)
+    engine = make_engine(tiny_open_checkpoint, media)
+    try:
+        with running(engine) as url:
+            client = OpenAI(base_url=url + "/v1", api_key="none", max_retries=0, timeout=60)
+            served = client.chat.completions.create(model="tiny", messages=body["body"]["messages"], max_tokens=6,
+                                                    logprobs=True, top_logprobs=3)
+            check(served.choices[0].logprobs.content)
+            with pytest.raises(openai.BadRequestError, match="at most 20"):
+                client.chat.completions.create(model="tiny", messages=body["body"]["messages"], logprobs=True,
+                                               top_logprobs=21)
+    finally:
+        engine.close()
