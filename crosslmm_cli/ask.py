@@ -93,7 +93,7 @@ class VideoChat:
         self.messages: list[dict] = []
         if settings.system is not None:
             self.messages.append({"role": "system", "content": settings.system})
-        self.pixels, self.memory, self.vision_seconds = encode_video_frames(model, processor, frames.pixels)
+        self.memory, self.vision_seconds = encode_video_frames(model, processor, frames.pixels)
         self.video_positions = model.config.video_positions(len(frames.timestamps))
 
     def ask(self, question: str, on_piece: Callable[[str], None] | None = None) -> Answer:
@@ -157,18 +157,20 @@ class VideoChat:
         return self.processor.chat_inputs(self.messages, len(self.frames.timestamps))
 
 
-def encode_video_frames(model, processor, frames: np.ndarray) -> tuple[torch.Tensor, VisualMemory, float]:
-    """One video's frames (T, H, W, 3) uint8 RGB -> its pixels on the model's device (1, T, 3, S, S),
-    the encoded video (T2V keys/values kept for every later question) and the vision seconds."""
+def encode_video_frames(model, processor, frames: np.ndarray, frames_per_chunk: int = 32) -> tuple[VisualMemory, float]:
+    """One video's frames (T, H, W, 3) uint8 RGB -> its encoded memory (the cross-attentions' keys and
+    values, made a chunk of frames at a time: no pixels or original tokens of the whole video are
+    ever held) and the vision seconds."""
     device = model.get_input_embeddings().weight.device
     dtype = model.multi_modal_projector.linear_1.weight.dtype
-    pixels = processor.preprocess_frames(frames)[None].to(device=device, dtype=dtype)
+    chunks = (processor.preprocess_frames(frames[start:start + frames_per_chunk]).to(device=device, dtype=dtype)
+              for start in range(0, len(frames), frames_per_chunk))
     synchronize(device)
     began = time.perf_counter()
     with torch.inference_mode():
-        memory = model.encode_video(pixels, cache_kv=True)
+        memory = model.encode_video_chunks(chunks, len(frames))
     synchronize(device)
-    return pixels, memory, time.perf_counter() - began
+    return memory, time.perf_counter() - began
 
 
 def synchronize(device: torch.device) -> None:
@@ -211,7 +213,7 @@ def prepare(video: Path, settings: AskSettings, status: Callable[[str], None] = 
 
 def report(chat: VideoChat, answer: Answer, question: str) -> dict:
     """The --json object: the answer, the frames used, timings and token counts."""
-    device = chat.pixels.device
+    device = chat.model.device
     return {
         "question": question,
         "answer": answer.text,
@@ -244,7 +246,7 @@ def verbose_lines(chat: VideoChat, answer: Answer) -> Iterable[str]:
     yield (f"decode {frames.seconds:.2f}s | vision {chat.vision_seconds:.2f}s | time to first token "
            f"{answer.time_to_first_token:.2f}s | {answer.tokens_per_second:.1f} tokens/s | "
            f"{answer.prompt_tokens} prompt tokens ({chat.video_positions} video)")
-    memory = peak_gpu_memory_mb(chat.pixels.device)
+    memory = peak_gpu_memory_mb(chat.model.device)
     if memory is not None:
         yield f"peak GPU memory {memory:,.0f} MB"
 

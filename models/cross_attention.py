@@ -86,13 +86,19 @@ class VisualMemory:
     ``pooled`` the g² tokens per frame that enter the LLM. Frames of all samples are concatenated:
     sample b owns ``num_frames[b]`` consecutive frames. With ``cache_kv`` the T2V keys/values of
     every DCAL layer are computed at the first forward (prefill) and reused afterwards.
+
+    A memory made for answering (:meth:`CrossLMMForConditionalGeneration.encode_video_chunks`) holds
+    no originals: every layer's T2V keys/values and V2V keys/values (``v2v_kv``, per frame: (F, kvh,
+    N, hd)) were computed chunk by chunk as the frames were encoded, and ``memory_tokens`` says N.
     """
 
     pooled: torch.Tensor  # (F, g², D)
-    originals: torch.Tensor  # (F, N, D)
+    originals: torch.Tensor | None  # (F, N, D); None once projected
     num_frames: torch.Tensor  # (B,) long
     cache_kv: bool = False
     t2v_kv: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+    v2v_kv: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+    memory_tokens: int = 0  # N when there are no originals to read it from
     _per_video: torch.Tensor | None = field(default=None, repr=False)
     _mask: tuple[torch.Tensor | None] | None = field(default=None, repr=False)  # (mask or None,) once worked out
 
@@ -100,13 +106,30 @@ class VisualMemory:
     def batch_size(self) -> int:
         return self.num_frames.numel()
 
+    @property
+    def tokens(self) -> int:
+        """N, the original tokens of a frame."""
+        return self.originals.shape[1] if self.originals is not None else self.memory_tokens
+
+    def nbytes(self) -> int:
+        tensors = [self.pooled, *([self.originals] if self.originals is not None else [])]
+        tensors += [t for pair in (*self.t2v_kv.values(), *self.v2v_kv.values()) for t in pair]
+        return sum(t.nbytes for t in tensors)
+
     def repeat_interleave(self, times: int) -> "VisualMemory":
         """Each sample's video ``times`` times in a row, as generation repeats rows for beams and
-        for several answers per prompt (cached keys/values are recomputed, not repeated)."""
-        frames = torch.arange(self.originals.shape[0], device=self.originals.device)
+        for several answers per prompt (cached keys/values are recomputed, not repeated, where the
+        originals are there to recompute them from)."""
+        frames = torch.arange(self.pooled.shape[0], device=self.pooled.device)
         order = torch.cat([run for run in frames.split(self.num_frames.tolist()) for _ in range(times)])
-        return VisualMemory(pooled=self.pooled[order], originals=self.originals[order],
-                            num_frames=self.num_frames.repeat_interleave(times), cache_kv=self.cache_kv)
+        if self.originals is not None:
+            return VisualMemory(pooled=self.pooled[order], originals=self.originals[order],
+                                num_frames=self.num_frames.repeat_interleave(times), cache_kv=self.cache_kv)
+        return VisualMemory(
+            pooled=self.pooled[order], originals=None, num_frames=self.num_frames.repeat_interleave(times), cache_kv=True,
+            t2v_kv={layer: tuple(t.repeat_interleave(times, dim=0) for t in pair) for layer, pair in self.t2v_kv.items()},
+            v2v_kv={layer: tuple(t[order] for t in pair) for layer, pair in self.v2v_kv.items()},
+            memory_tokens=self.memory_tokens)
 
     @classmethod
     def stack(cls, memories: list["VisualMemory | None"]) -> "VisualMemory":
@@ -115,10 +138,16 @@ class VisualMemory:
         is masked by :meth:`memory_mask`. Every sample reads only its own video."""
         present = [memory for memory in memories if memory is not None]
         first = present[0]
-        empty = {"pooled": first.pooled[:0], "originals": first.originals[:0]}
+        projected = any(m.originals is None for m in present)
+        empty = {"pooled": first.pooled[:0], "originals": None if projected else first.originals[:0],
+                 "memory_tokens": first.tokens}
         parts = [memory or VisualMemory(**empty, num_frames=first.num_frames.new_zeros(1)) for memory in memories]
         layers = set(first.t2v_kv) if all(set(m.t2v_kv) == set(first.t2v_kv) for m in present) else set()
-        longest = max(int(m.num_frames.sum()) for m in parts) * first.originals.shape[1]
+        longest = max(int(m.num_frames.sum()) for m in parts) * first.tokens
+        # per-frame V2V keys/values line up with the frames concatenated (a memory without video has none)
+        v2v_layers = set(first.v2v_kv) if all(set(m.v2v_kv) == set(first.v2v_kv) for m in present) else set()
+        v2v_kv = {layer: tuple(torch.cat(tensors) for tensors in zip(*[m.v2v_kv[layer] for m in present]))
+                  for layer in v2v_layers}
         t2v_kv = {}
         for layer in layers:
             key, _ = first.t2v_kv[layer]
@@ -126,13 +155,17 @@ class VisualMemory:
             pairs = [m.t2v_kv.get(layer, (blank, blank)) for m in parts]
             t2v_kv[layer] = tuple(torch.cat([F.pad(t, (0, 0, 0, longest - t.shape[2])) for t in tensors])
                                   for tensors in zip(*pairs))
-        return cls(pooled=torch.cat([m.pooled for m in parts]), originals=torch.cat([m.originals for m in parts]),
-                   num_frames=torch.cat([m.num_frames for m in parts]), cache_kv=True, t2v_kv=t2v_kv)
+        if projected and set(layers) != set(first.t2v_kv):
+            raise ValueError("memories without originals stack only with the same layers' T2V keys/values")
+        originals = None if projected else torch.cat([m.originals for m in parts])
+        return cls(pooled=torch.cat([m.pooled for m in parts]), originals=originals,
+                   num_frames=torch.cat([m.num_frames for m in parts]), cache_kv=True, t2v_kv=t2v_kv, v2v_kv=v2v_kv,
+                   memory_tokens=first.tokens)
 
     def hand_t2v_kv_to(self, members: list["VisualMemory | None"]) -> None:
         """Give each single-sample memory this batch memory was stacked from (see :meth:`stack`)
         its own rows of the T2V keys/values computed here, unpadded, where it has none."""
-        tokens = self.originals.shape[1]
+        tokens = self.tokens
         for row, member in enumerate(members):
             if member is None or not member.cache_kv:
                 continue
@@ -145,7 +178,7 @@ class VisualMemory:
         # made here, where the memory is made, not at a layer's first use: inside a checkpointed
         # decoder layer, the recomputation would find it made and save fewer tensors than the forward.
         # A memory built with its T2V keys/values (a decoding batch, see stack) needs the mask only.
-        if not self.t2v_kv:
+        if not self.t2v_kv and self.originals is not None:
             self.per_video()
 
     def _frame_mask(self) -> torch.Tensor | None:
@@ -162,7 +195,7 @@ class VisualMemory:
         if self._mask is None:
             frame_mask = self._frame_mask()
             if frame_mask is not None:
-                tokens = self.originals.shape[1]
+                tokens = self.tokens
                 mask = frame_mask[:, :, None].expand(-1, -1, tokens).reshape(frame_mask.shape[0], -1)
                 # a sample without frames would attend to nothing (NaN); let it see one zero token,
                 # its text mask keeps the result out of the residual stream
@@ -244,7 +277,10 @@ class DualCrossAttention(nn.Module):
         memory, positions = inputs.memory, inputs.pooled_positions.to(update.device)  # (F, g²)
         if self.v2v_scope == "frame":
             # each frame's pooled tokens read that frame's originals: F independent attentions
-            key, value = self.v2v.project_memory(memory.originals)  # (F, kvh, N, hd)
+            if self.layer_idx in memory.v2v_kv:  # projected when the frames were encoded
+                key, value = memory.v2v_kv[self.layer_idx]
+            else:
+                key, value = self.v2v.project_memory(memory.originals)  # (F, kvh, N, hd)
             out = self.v2v(flat_hidden[positions], key, value)  # (F, g², D)
             return update.index_copy(0, positions.flatten(), out.flatten(0, 1))
         # "video": every pooled token of a sample reads all originals of that sample

@@ -37,7 +37,9 @@ class MemoryPosition(nn.Module):
         self.patch = nn.Parameter(torch.zeros(grid * grid, width))
         self.frame = nn.Parameter(torch.zeros(2 * FREQUENCIES, width))  # frame-index features -> width
 
-    def forward(self, originals: torch.Tensor, num_frames: torch.Tensor) -> torch.Tensor:
+    def forward(self, originals: torch.Tensor, num_frames: torch.Tensor, first_frame: int = 0) -> torch.Tensor:
+        """``first_frame``: the index of the first of one video's frames (a chunk of it)."""
         index = torch.cat([torch.arange(int(count), device=originals.device) for count in num_frames.tolist()])
+        index = index + first_frame
         frame = frame_index_features(index).to(self.frame.dtype) @ self.frame  # (F, D)
         return originals + (self.patch[None] + frame[:, None]).to(originals.dtype)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Iterable
 
 import torch
 from torch import nn
@@ -173,7 +174,48 @@ class CrossLMMForConditionalGeneration(CrossLMMPreTrainedModel, GenerationMixin)
             if self.config.vision_feature_select_strategy == "default":
                 features = features[:, 1:]
             chunks.append(self.multi_modal_projector(features))  # (f, N, D)
-        return torch.cat(chunks)
+        return torch.cat(chunks) if len(chunks) > 1 else chunks[0]
+
+    @torch.no_grad()
+    def encode_video_chunks(self, chunks: Iterable[torch.Tensor], num_frames: int) -> VisualMemory:
+        """One video, for answering, at the memory a question needs: ``chunks`` of its pixels ((f, 3, H,
+        W) each, ``num_frames`` in all; a generator may make each as it is asked for) are encoded one at
+        a time, and from each chunk's original tokens every cross-attention layer's keys/values (T2V,
+        and V2V per frame) are projected into their place at once; the originals are then dropped. So
+        the peak is the keys/values plus one chunk, not the originals, pixels and keys/values of the
+        whole video. The logits equal :meth:`encode_video`'s with ``cache_kv`` (tests/models)."""
+        if self.config.v2v_scope != "frame":
+            pixels = torch.cat(list(chunks))[None]
+            return self.encode_video(pixels, cache_kv=True)
+        t2v_kv, v2v_kv, pooled, first = {}, {}, [], 0
+        for chunk in chunks:
+            originals = self.encode_frames(chunk, len(chunk))  # (f, N, D)
+            tokens = originals.shape[1]
+            pooled.append(pool_frames(originals, self.config.vision_grid, self.config.pooled_grid, self.config.pool_mode))
+            count = len(originals)
+            if self.memory_position is not None:
+                originals = self.memory_position(originals, originals.new_tensor([count], dtype=torch.long), first)
+            for layer in self.cross_attention_layers():
+                dcal, index = layer.cross_attn, layer.cross_attn.layer_idx
+                if dcal.use_t2v:
+                    key, value = dcal.t2v.project_memory(originals.reshape(1, count * tokens, -1))  # (1, kvh, fN, hd)
+                    if index not in t2v_kv:
+                        t2v_kv[index] = tuple(t.new_empty(1, t.shape[1], num_frames * tokens, t.shape[3]) for t in (key, value))
+                    for whole, part in zip(t2v_kv[index], (key, value)):
+                        whole[:, :, first * tokens:(first + count) * tokens] = part
+                if dcal.use_v2v and dcal.v2v is not None:
+                    key, value = dcal.v2v.project_memory(originals)  # (f, kvh, N, hd)
+                    if index not in v2v_kv:
+                        v2v_kv[index] = tuple(t.new_empty(num_frames, *t.shape[1:]) for t in (key, value))
+                    for whole, part in zip(v2v_kv[index], (key, value)):
+                        whole[first:first + count] = part
+            first += count
+            del originals
+        if first != num_frames:
+            raise ValueError(f"the chunks hold {first} frames, not the {num_frames} announced")
+        device = pooled[0].device
+        return VisualMemory(pooled=torch.cat(pooled), originals=None, num_frames=torch.tensor([num_frames], device=device),
+                            cache_kv=True, t2v_kv=t2v_kv, v2v_kv=v2v_kv, memory_tokens=tokens)
 
     def encode_video(
         self,

@@ -106,7 +106,7 @@ def answer_shard(model, processor, batch, folder: Path, numbered: list[tuple[int
             if isinstance(pixels, str):  # what is wrong with the file
                 left_out.append({"prompt_number": number, "media": prompt.media, "why": pixels})
                 continue
-            memory = model.encode_video(pixels[None].to(device=device, dtype=dtype), cache_kv=True)
+            memory = model.encode_video_chunks(pixels.to(device=device, dtype=dtype).split(32), len(pixels))
             messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": prompt.prompt}]}]
             sampling = SamplingSettings(max_new_tokens=settings.teacher_max_new_tokens,
                                         temperature=settings.teacher_temperature,

@@ -43,9 +43,7 @@ class EncodedVideo:
     def nbytes(self) -> int:
         if self.memory is None:
             return self.frames.nbytes
-        memory = self.memory
-        kv = sum(k.nbytes + v.nbytes for k, v in memory.t2v_kv.values())
-        return memory.pooled.nbytes + memory.originals.nbytes + kv
+        return self.memory.nbytes()
 
 
 @dataclass
@@ -391,7 +389,7 @@ class Engine:
         if video is None:
             return None
         if video.memory is None:  # the first job to reach the scheduler with this video encodes it
-            _, video.memory, seconds = encode_video_frames(self.model, self.processor, video.frames)
+            video.memory, seconds = encode_video_frames(self.model, self.processor, video.frames)
             video.frames = None
             self.videos.put(job.video_key, video)
             with self._lock:
