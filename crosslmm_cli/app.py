@@ -270,7 +270,8 @@ def run_batch(
     with the engine `serve` runs: requests on one video answered together, output keyed by custom_id,
     resumable by running the same command again."""
     from .ask import AskSettings, prepare_model
-    from .run_batch import read_batch, run_batch as answer_all
+    from .process_group import barrier, distributed
+    from .run_batch import merge_parts, read_batch, run_batch as answer_all
     from .serve.engine import Engine
     from .serve.settings import ServeSettings
 
@@ -284,13 +285,15 @@ def run_batch(
                              prefix_cache_mb=prefix_cache_mb, max_prompt_tokens=max_prompt_tokens,
                              max_logprobs=max_logprobs)
     quiet_libraries()
+    rank, world = distributed()  # one process, or one of those torchrun / accelerate launch started
     with stderr.status("loading the model"):
         loaded, processor, _ = prepare_model(AskSettings(model=model, tokens_per_frame=tokens_per_frame,
                                                          quantize=quantize, device=device))
     engine = Engine(loaded, processor, settings)
     try:
         with Progress(SpinnerColumn(), TextColumn("requests"), BarColumn(), MofNCompleteColumn(),
-                      TextColumn("{task.fields[rate]}"), TimeRemainingColumn(), console=stderr) as bar:
+                      TextColumn("{task.fields[rate]}"), TimeRemainingColumn(), console=stderr,
+                      disable=rank != 0) as bar:
             def progress(total: int, done: int):
                 handle, began, written = bar.add_task("requests", total=total, completed=done, rate=""), time.perf_counter(), [0]
 
@@ -300,11 +303,16 @@ def run_batch(
 
                 return tick
 
-            counts = answer_all(engine, lines, output_file, progress)
+            counts = answer_all(engine, lines, output_file, progress, rank, world)
     finally:
         engine.close()
+    barrier(world)
+    if rank != 0:
+        return
+    merge_parts(output_file)  # the processes' parts, of this run or of one killed before
     stderr.print(f"[green]done[/] {counts['answered']} answered, {counts['refused']} refused, {counts['invalid']} "
-                 f"invalid lines, {counts['skipped']} already in {output_file}", highlight=False)
+                 f"invalid lines{' (this process)' if world > 1 else ''}, {counts['skipped']} already in {output_file}",
+                 highlight=False)
 
 
 @app.command("eval")

@@ -11,7 +11,9 @@ error response for a request it would refuse). A line that is not a request at a
 Requests are answered grouped by their video (each video decoded and encoded once, its prompt keys
 and values reused by the next question about it), at most the engine's queue at a time; output lines
 are written as answers finish, keyed by ``custom_id``. A rerun of the same command continues: the
-``custom_id``\\ s with a complete output line are skipped, a half-written last line is cut off.
+requests with a complete output line are skipped, a half-written last line is cut off.
+Under torchrun / accelerate launch the videos are dealt out to the processes, each writes its own
+part, and the first merges them into the output.
 """
 
 from __future__ import annotations
@@ -24,8 +26,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import UserError
+from .jsonl_files import read_rows, repair_tail
 from .serve.engine import Engine, Failed, Finished
 from .serve.protocol import ApiError, parse_request
+from .serve.server import completion_body
 
 CHAT_URL = "/v1/chat/completions"
 
@@ -94,24 +98,36 @@ def video_of(body: dict) -> str:
     return ""
 
 
-def finished_keys(output: Path) -> set[str]:
-    """The keys of the complete lines of a previous run's output; a half-written last line (cut by
-    a kill) is removed so that the file ends with a whole line."""
-    if not output.is_file():
-        return set()
-    data = output.read_bytes()
-    keep = len(data) if data.endswith(b"\n") else data.rfind(b"\n") + 1
-    keys = set()
-    for raw in data[:keep].splitlines():
-        try:
-            row = json.loads(raw)
-            keys.add(row["custom_id"] if row.get("custom_id") is not None else row["error"]["line"])
-        except (json.JSONDecodeError, KeyError, TypeError):
-            raise UserError(f"-o {output} already holds lines that are not this tool's output; choose another -o") from None
-    if keep < len(data):
-        with open(output, "r+b") as f:
-            f.truncate(keep)
-    return keys
+def line_key(row: dict) -> str:
+    """What an output line is known by: its custom_id, or the line of an input line that had none."""
+    return row["custom_id"] if row.get("custom_id") is not None else row["error"]["line"]
+
+
+def part_files(output: Path) -> list[Path]:
+    """The parts processes write beside the output while they run (``OUT.rank<N>``)."""
+    return sorted(output.parent.glob(output.name + ".rank*"))
+
+
+def finished_keys(files: list[Path]) -> set[str]:
+    """The keys of the complete lines of ``files`` (a previous run's output and parts)."""
+    try:
+        return {line_key(row) for path in files for row in read_rows(path)}
+    except (KeyError, TypeError):
+        raise UserError(f"{files[0]} holds lines that are not this tool's output; choose another -o") from None
+
+
+def merge_parts(output: Path) -> None:
+    """Append the parts' lines the output does not hold yet, then remove the parts (written to a
+    temporary file and renamed: a kill leaves the output whole and the parts in place)."""
+    parts = part_files(output)
+    if not parts:
+        return
+    rows = {line_key(row): row for path in [output, *parts] for row in read_rows(path)}
+    temporary = output.with_name(output.name + ".merging")
+    temporary.write_text("".join(json.dumps(row) + "\n" for row in rows.values()), encoding="utf-8")
+    temporary.replace(output)
+    for part in parts:
+        part.unlink()
 
 
 def output_line(line: BatchLine, status: int | None = None, body: dict | None = None) -> dict:
@@ -126,20 +142,26 @@ def output_line(line: BatchLine, status: int | None = None, body: dict | None = 
 
 
 def run_batch(engine: Engine, lines: list[BatchLine], output: Path,
-              progress: Callable[[int, int], Callable[[], None]] = lambda total, done: lambda: None) -> dict:
-    """Answer the lines not answered yet into ``output`` (appended); counts of what was written.
-    ``progress(total, done)`` gives the function called for each line written."""
-    from .serve.server import completion_body
-
-    done = finished_keys(output)
-    todo = sorted((line for line in lines if line.key not in done),
+              progress: Callable[[int, int], Callable[[], None]] = lambda total, done: lambda: None,
+              rank: int = 0, world: int = 1) -> dict:
+    """Answer the lines not answered yet (by this run or one before it, on any number of processes);
+    counts of what this process wrote. ``progress(total, done)`` gives the function called for each
+    line written. With several processes, the videos are dealt out in turn and each process appends
+    to its own part of the output; the caller merges them (:func:`merge_parts`) once all are done."""
+    own = output.with_name(f"{output.name}.rank{rank}") if world > 1 else output
+    repair_tail(own)  # a line cut by a kill
+    done = finished_keys([output, *part_files(output)])
+    videos = sorted({video_of(line.body or {}) for line in lines})
+    mine = {video for number, video in enumerate(videos) if number % world == rank}
+    share = [line for line in lines if video_of(line.body or {}) in mine]
+    todo = sorted((line for line in share if line.key not in done),
                   key=lambda line: (line.body is None, video_of(line.body or {}), line.number))
-    tick = progress(len(lines), len(lines) - len(todo))
-    counts = {"answered": 0, "refused": 0, "invalid": 0, "skipped": len(lines) - len(todo)}
+    tick = progress(len(share), len(share) - len(todo))
+    counts = {"answered": 0, "refused": 0, "invalid": 0, "skipped": sum(line.key in done for line in lines)}
     events: queue.SimpleQueue = queue.SimpleQueue()
     in_flight: dict[int, tuple[BatchLine, object]] = {}
 
-    with open(output, "a", encoding="utf-8") as out:
+    with open(own, "a", encoding="utf-8") as out:
         def write(row: dict, kind: str) -> None:
             out.write(json.dumps(row) + "\n")
             out.flush()

@@ -14,7 +14,6 @@ import dataclasses
 import datetime
 import functools
 import json
-import os
 import random
 import statistics
 from collections.abc import Callable, Iterable, Iterator
@@ -26,6 +25,7 @@ import torch
 
 from ..errors import UserError
 from ..jsonl_files import append_row, read_rows, repair_tail
+from ..process_group import barrier, distributed
 from . import results_file
 from .postprocess import DEFAULT_REASONING_TAGS, filtered_response
 from .tasks import LMMS_EVAL_VERSION, TASKS, Doc, Task, jsonl_files, videomme_subtitle_prompt
@@ -64,27 +64,6 @@ class EvalSettings:
             raise UserError(f"--batch-size must be >= 1, got {self.batch_size}")
         if self.responses is not None and not self.responses.exists():
             raise UserError(f"--responses {self.responses}: no such file or folder")
-
-
-# ---- distributed ------------------------------------------------------------------------------------
-def distributed() -> tuple[int, int]:
-    """(rank, world size); joins the process group torchrun / accelerate set up in the environment."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world == 1:
-        return 0, 1
-    import torch.distributed as dist
-
-    if not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        dist.init_process_group(backend=backend, timeout=datetime.timedelta(hours=4))
-    return dist.get_rank(), dist.get_world_size()
-
-
-def barrier(world: int) -> None:
-    if world > 1:
-        import torch.distributed as dist
-
-        dist.barrier()
 
 
 # ---- samples files ----------------------------------------------------------------------------------

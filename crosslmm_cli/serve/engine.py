@@ -68,6 +68,7 @@ class Job:
     # filled by the scheduler
     sequences: list[Sequence] = field(default_factory=list)  # one per choice
     cached_tokens: int = 0  # prompt tokens the prefix cache held (the first choice's)
+    logprobs_sent: dict[int, int] = field(default_factory=dict)  # per choice: tokens whose log-probabilities went out
     began: float = 0.0
     last_piece_at: float | None = None
     _ticket: Ticket | None = None
@@ -83,6 +84,7 @@ class Started:
 class Piece:
     index: int  # the choice
     text: str
+    logprobs: tuple[list[int], list] | None = None  # the tokens since the choice's last piece, and their log-probabilities
 
 
 @dataclass
@@ -350,7 +352,12 @@ class Engine:
             else:
                 self.metrics.inter_token.observe(now - job.last_piece_at)
             job.last_piece_at = now
-            job._emit(Piece(index, text))
+            logprobs = None
+            if job.logprobs is not None:
+                sent = job.logprobs_sent.get(index, 0)
+                logprobs = (sequence.token_ids[sent:], sequence.token_logprobs[sent:])
+                job.logprobs_sent[index] = len(sequence.token_logprobs)
+            job._emit(Piece(index, text, logprobs))
         if not all(s.finished for s in job.sequences):
             return
         self.active.remove(job)

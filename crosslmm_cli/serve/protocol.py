@@ -112,8 +112,6 @@ class ChatCompletionRequest(BaseModel):
                                 "(> 1 discourages repeats)", param="frequency_penalty")
         if self.top_logprobs is not None and not self.logprobs:
             raise ApiError(400, "top_logprobs needs logprobs: true", param="top_logprobs")
-        if self.logprobs and self.stream:
-            raise ApiError(400, "logprobs are not streamed yet: leave stream out to get them", param="logprobs")
         if self.tools:
             raise ApiError(400, "tools (function calling) are not supported by this model", param="tools")
 
@@ -169,10 +167,11 @@ def logprobs_block(tokenizer, token_ids: list[int], entries: list[tuple[float, l
 
 
 def chunk(id: str, model: str, created: int, index: int | None = None, delta: dict | None = None,
-          finish_reason: str | None = None, usage_block: dict | None = None) -> dict:
-    """A ``chat.completion.chunk``: a delta of one choice, or (``index`` None) the final usage."""
+          finish_reason: str | None = None, usage_block: dict | None = None, logprobs: dict | None = None) -> dict:
+    """A ``chat.completion.chunk``: a delta of one choice (with the log-probabilities of its tokens),
+    or (``index`` None) the final usage."""
     choices = [] if index is None else [{"index": index, "delta": delta or {}, "finish_reason": finish_reason,
-                                         "logprobs": None}]
+                                         "logprobs": logprobs}]
     body = {"id": id, "object": "chat.completion.chunk", "created": created, "model": model, "choices": choices}
     if usage_block is not None:
         body["usage"] = usage_block

@@ -118,6 +118,12 @@ def create_app(engine: Engine) -> FastAPI:
         def sse(payload: dict) -> str:
             return f"data: {json.dumps(payload)}\n\n"
 
+        tokenizer, streamed = engine.processor.tokenizer, [0] * job.n  # per choice: tokens whose logprobs went out
+
+        def logprobs(index: int, ids: list[int], entries: list) -> dict | None:
+            streamed[index] += len(ids)
+            return logprobs_block(tokenizer, ids, entries) if job.logprobs is not None else None
+
         try:
             while True:
                 event = await events.get()
@@ -125,13 +131,18 @@ def create_app(engine: Engine) -> FastAPI:
                     for index in range(job.n):
                         yield sse(chunk(id, engine.name, created, index, {"role": "assistant", "content": ""}))
                 elif isinstance(event, Piece):
-                    yield sse(chunk(id, engine.name, created, event.index, {"content": event.text}))
+                    yield sse(chunk(id, engine.name, created, event.index, {"content": event.text},
+                                    logprobs=logprobs(event.index, *event.logprobs) if event.logprobs else None))
                 elif isinstance(event, Failed):  # headers are sent: the error goes in the stream
                     yield sse(event.error.body())
                     break
                 else:
                     for index, (_, reason, _) in enumerate(event.answers):
-                        yield sse(chunk(id, engine.name, created, index, {}, finish_reason=reason))
+                        rest = None  # the tokens no piece carried (a stop string's, held-back bytes)
+                        if event.logprobs is not None:
+                            ids, entries = event.logprobs[index]
+                            rest = logprobs(index, ids[streamed[index]:], entries[streamed[index]:])
+                        yield sse(chunk(id, engine.name, created, index, {}, finish_reason=reason, logprobs=rest))
                     if include_usage:
                         final = chunk(id, engine.name, created, usage_block=usage_of(event))
                         yield sse(final | {"crosslmm": extension(job)})

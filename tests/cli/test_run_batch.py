@@ -20,6 +20,7 @@ from typer.testing import CliRunner
 from crosslmm_cli.app import app
 from crosslmm_cli.synthetic_video import index_frames, write_video
 from tests.cli.test_serve import as_template, frames_of, make_engine, running
+from tests.helpers import free_port
 
 runner = CliRunner()
 FRAMES = 4  # as make_engine's engine samples
@@ -154,7 +155,8 @@ def test_bad_invocations_are_one_line_before_the_model_loads(requests_file, medi
 
 def test_logprobs_are_log_softmax_of_generates_scores_in_serve_and_run_batch(media, tiny_open_checkpoint, tmp_path):
     """``logprobs``/``top_logprobs`` against transformers' own generate() (AutoModel, output_scores),
-    asked of `serve` with the official client and of `run-batch`, parsed with the client's types."""
+    asked of `serve` with the official client (whole and streamed) and of `run-batch`, parsed with the
+    client's types."""
     processor = AutoProcessor.from_pretrained(tiny_open_checkpoint)
     model = AutoModelForImageTextToText.from_pretrained(tiny_open_checkpoint).eval()
     body = request("lp", "a.mp4", "What is shown?", logprobs=True, top_logprobs=3)
@@ -185,8 +187,39 @@ def test_logprobs_are_log_softmax_of_generates_scores_in_serve_and_run_batch(med
             served = client.chat.completions.create(model="tiny", messages=body["body"]["messages"], max_tokens=6,
                                                     logprobs=True, top_logprobs=3)
             check(served.choices[0].logprobs.content)
+            stream = client.chat.completions.create(model="tiny", messages=body["body"]["messages"], max_tokens=6,
+                                                    logprobs=True, top_logprobs=3, stream=True)
+            check([entry for part in stream for choice in part.choices if choice.logprobs
+                   for entry in choice.logprobs.content or []])
             with pytest.raises(openai.BadRequestError, match="at most 20"):
                 client.chat.completions.create(model="tiny", messages=body["body"]["messages"], logprobs=True,
                                                top_logprobs=21)
     finally:
         engine.close()
+
+
+def test_two_processes_answer_as_one_and_a_killed_pair_finishes_on_one(requests_file, media, tiny_open_checkpoint,
+                                                                       tmp_path):
+    """torchrun with 2 processes: the videos dealt out, each process its own part, merged by the first;
+    killed (one process SIGKILLed after 2 lines), the same command on one process finishes it."""
+    def launch(output, processes=1, kill_after=None):
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        if kill_after is not None:
+            env["CROSSLMM_TEST_KILL_AFTER_LINES"] = str(kill_after)
+        launcher = ["-m", "torch.distributed.run", "--nproc_per_node", str(processes), "--master_port",
+                    str(free_port())] if processes > 1 else []
+        return subprocess.run([sys.executable, *launcher, "-m", "tests.killed_at_step", "run-batch", "-i",
+                               str(requests_file), "-o", str(output), "--model", str(tiny_open_checkpoint), "--media-root",
+                               str(media), "--frames", str(FRAMES), "--device", "cpu"], capture_output=True, text=True,
+                              timeout=300, env=env)
+
+    single, pair, killed = tmp_path / "single.jsonl", tmp_path / "pair.jsonl", tmp_path / "killed.jsonl"
+    assert launch(single).returncode == 0
+    done = launch(pair, processes=2)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert answers(outputs(pair)) == answers(outputs(single)) and not list(tmp_path.glob("pair.jsonl.rank*"))
+    assert launch(killed, processes=2, kill_after=2).returncode != 0
+    assert list(tmp_path.glob("killed.jsonl.rank*"))  # the parts of the killed run
+    resumed = launch(killed)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert answers(outputs(killed)) == answers(outputs(single)) and not list(tmp_path.glob("killed.jsonl.rank*"))
