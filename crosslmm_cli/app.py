@@ -135,6 +135,9 @@ def ask(
     tokens_per_frame: Annotated[Optional[int], typer.Option(help="pooled tokens per frame (1, 4, 9, 16, ...)")] = None,
     quantize: Annotated[Optional[str], typer.Option(help="nf4 | int8 | none (default: nf4 on CUDA, none on CPU)")] = None,
     device: Annotated[Optional[str], typer.Option(help="cuda, cuda:N or cpu (default: cuda when present)")] = None,
+    kv_cache_dtype: Annotated[str, typer.Option(help="how a video's cross-attention keys/values are kept: auto (the "
+                                                     "model's dtype) | bf16 | int8 (a quarter of fp32, a scale per "
+                                                     "vector)")] = "auto",
     max_new_tokens: Annotated[int, typer.Option(help="longest answer, in tokens")] = 512,
     temperature: Annotated[float, typer.Option(help="0 for greedy decoding")] = 0.0,
     top_p: Annotated[float, typer.Option(help="nucleus sampling mass (with --temperature > 0)")] = 1.0,
@@ -156,7 +159,7 @@ def ask(
         raise UserError(f"--exact contradicts --seek {seek}; use one of them")
     settings = AskSettings(
         model=model, frames=frames, fps=fps, start=start, end=end, seek="exact" if exact else seek,
-        tokens_per_frame=tokens_per_frame,
+        tokens_per_frame=tokens_per_frame, kv_cache_dtype=kv_cache_dtype,
         quantize=quantize, device=device, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
         top_k=top_k, repetition_penalty=repetition_penalty, stop=tuple(stop or ()), seed=seed, system=system,
         time_instruction=time_instruction, json_output=json_output, stream=stream,
@@ -214,6 +217,9 @@ def serve(
     max_request_mb: Annotated[float, typer.Option(help="largest request body")] = 32,
     max_prompt_tokens: Annotated[Optional[int], typer.Option(help="longest prompt, video included (default: the model's context)")] = None,
     max_logprobs: Annotated[int, typer.Option(help="the most top_logprobs a request may ask for")] = 20,
+    kv_cache_dtype: Annotated[str, typer.Option(help="how a video's cross-attention keys/values are kept: auto (the "
+                                                     "model's dtype) | bf16 | int8 (a quarter of fp32, a scale per "
+                                                     "vector)")] = "auto",
 ) -> None:
     """Serve the model over HTTP with OpenAI's chat-completions API; each video is decoded and
     encoded once, and follow-up questions reuse the conversation's keys/values."""
@@ -227,7 +233,7 @@ def serve(
                              tokens_per_frame=tokens_per_frame, quantize=quantize, device=device, max_tokens=max_tokens,
                              max_queue=max_queue, max_batch_size=max_batch_size, video_cache_mb=video_cache_mb, prefix_cache_mb=prefix_cache_mb,
                              max_request_mb=max_request_mb, max_prompt_tokens=max_prompt_tokens,
-                             max_logprobs=max_logprobs)
+                             max_logprobs=max_logprobs, kv_cache_dtype=kv_cache_dtype)
     settings.check_port_free()
     if not settings.loopback and settings.api_key is None:
         stderr.print(f"[yellow]warning:[/] listening on {host} without --api-key: anyone who can reach this "
@@ -265,6 +271,9 @@ def run_batch(
     max_prompt_tokens: Annotated[Optional[int], typer.Option(help="longest prompt, video included (default: the "
                                                                   "model's context)")] = None,
     max_logprobs: Annotated[int, typer.Option(help="the most top_logprobs a request may ask for")] = 20,
+    kv_cache_dtype: Annotated[str, typer.Option(help="how a video's cross-attention keys/values are kept: auto (the "
+                                                     "model's dtype) | bf16 | int8 (a quarter of fp32, a scale per "
+                                                     "vector)")] = "auto",
 ) -> None:
     """Answer a file of chat-completion requests (OpenAI's Batch format, as vLLM's run-batch reads it)
     with the engine `serve` runs: requests on one video answered together, output keyed by custom_id,
@@ -283,7 +292,7 @@ def run_batch(
                              tokens_per_frame=tokens_per_frame, quantize=quantize, device=device, max_tokens=max_tokens,
                              max_queue=max_queue, max_batch_size=max_batch_size, video_cache_mb=video_cache_mb,
                              prefix_cache_mb=prefix_cache_mb, max_prompt_tokens=max_prompt_tokens,
-                             max_logprobs=max_logprobs)
+                             max_logprobs=max_logprobs, kv_cache_dtype=kv_cache_dtype)
     quiet_libraries()
     rank, world = distributed()  # one process, or one of those torchrun / accelerate launch started
     with stderr.status("loading the model"):

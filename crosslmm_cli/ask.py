@@ -13,6 +13,7 @@ import torch
 
 from crosslmm import QUANTIZE_MODES, AnswerStream, SamplingSettings
 from crosslmm.cross_attention import VisualMemory
+from crosslmm.kv_compression import KV_CACHE_DTYPES
 
 from .errors import UserError
 from .model_source import open_model, pick_device
@@ -30,6 +31,7 @@ class AskSettings:
     tokens_per_frame: int | None = None  # override the checkpoint's pooled tokens per frame
     quantize: str | None = None  # nf4 | int8 | none; nf4 on CUDA and none on CPU by default
     device: str | None = None  # cuda | cpu | cuda:N; cuda when present
+    kv_cache_dtype: str = "auto"  # how the cross-attention keys/values of the video are stored (crosslmm.kv_compression)
     max_new_tokens: int = 512
     temperature: float = 0.0
     top_p: float = 1.0
@@ -51,6 +53,7 @@ class AskSettings:
             raise UserError("--chat and --json cannot be combined: --json prints one answer as one JSON object")
         if self.quantize is not None and self.quantize not in QUANTIZE_MODES:
             raise UserError(f"--quantize must be one of {', '.join(QUANTIZE_MODES)}, got {self.quantize!r}")
+        check_kv_cache_dtype(self.kv_cache_dtype)
         try:
             self.sampling = SamplingSettings(self.max_new_tokens, self.temperature, self.top_p, self.top_k,
                                              self.repetition_penalty, tuple(self.stop), self.seed)
@@ -93,7 +96,7 @@ class VideoChat:
         self.messages: list[dict] = []
         if settings.system is not None:
             self.messages.append({"role": "system", "content": settings.system})
-        self.memory, self.vision_seconds = encode_video_frames(model, processor, frames.pixels)
+        self.memory, self.vision_seconds = encode_video_frames(model, processor, frames.pixels, settings.kv_cache_dtype)
         self.video_positions = model.config.video_positions(len(frames.timestamps))
 
     def ask(self, question: str, on_piece: Callable[[str], None] | None = None) -> Answer:
@@ -157,10 +160,16 @@ class VideoChat:
         return self.processor.chat_inputs(self.messages, len(self.frames.timestamps))
 
 
-def encode_video_frames(model, processor, frames: np.ndarray, frames_per_chunk: int = 32) -> tuple[VisualMemory, float]:
+def check_kv_cache_dtype(value: str) -> None:
+    if value not in KV_CACHE_DTYPES:
+        raise UserError(f"--kv-cache-dtype must be one of {', '.join(KV_CACHE_DTYPES)}, got {value!r}")
+
+
+def encode_video_frames(model, processor, frames: np.ndarray, kv_cache: str = "auto",
+                        frames_per_chunk: int = 32) -> tuple[VisualMemory, float]:
     """One video's frames (T, H, W, 3) uint8 RGB -> its encoded memory (the cross-attentions' keys and
-    values, made a chunk of frames at a time: no pixels or original tokens of the whole video are
-    ever held) and the vision seconds."""
+    values, stored as ``kv_cache`` says, made a chunk of frames at a time: no pixels or original
+    tokens of the whole video are ever held) and the vision seconds."""
     device = model.get_input_embeddings().weight.device
     dtype = model.multi_modal_projector.linear_1.weight.dtype
     chunks = (processor.preprocess_frames(frames[start:start + frames_per_chunk]).to(device=device, dtype=dtype)
@@ -168,7 +177,7 @@ def encode_video_frames(model, processor, frames: np.ndarray, frames_per_chunk: 
     synchronize(device)
     began = time.perf_counter()
     with torch.inference_mode():
-        memory = model.encode_video_chunks(chunks, len(frames))
+        memory = model.encode_video_chunks(chunks, len(frames), kv_cache)
     synchronize(device)
     return memory, time.perf_counter() - began
 

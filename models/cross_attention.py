@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .kv_compression import apply, cat, restore
+
 
 class TanhGate(nn.Module):
     """Scales its input by tanh(a), with a initialised to 0: the gate starts closed."""
@@ -127,8 +129,9 @@ class VisualMemory:
                                 num_frames=self.num_frames.repeat_interleave(times), cache_kv=self.cache_kv)
         return VisualMemory(
             pooled=self.pooled[order], originals=None, num_frames=self.num_frames.repeat_interleave(times), cache_kv=True,
-            t2v_kv={layer: tuple(t.repeat_interleave(times, dim=0) for t in pair) for layer, pair in self.t2v_kv.items()},
-            v2v_kv={layer: tuple(t[order] for t in pair) for layer, pair in self.v2v_kv.items()},
+            t2v_kv={layer: tuple(apply(t, lambda x: x.repeat_interleave(times, dim=0)) for t in pair)
+                    for layer, pair in self.t2v_kv.items()},
+            v2v_kv={layer: tuple(apply(t, lambda x: x[order]) for t in pair) for layer, pair in self.v2v_kv.items()},
             memory_tokens=self.memory_tokens)
 
     @classmethod
@@ -146,14 +149,14 @@ class VisualMemory:
         longest = max(int(m.num_frames.sum()) for m in parts) * first.tokens
         # per-frame V2V keys/values line up with the frames concatenated (a memory without video has none)
         v2v_layers = set(first.v2v_kv) if all(set(m.v2v_kv) == set(first.v2v_kv) for m in present) else set()
-        v2v_kv = {layer: tuple(torch.cat(tensors) for tensors in zip(*[m.v2v_kv[layer] for m in present]))
+        v2v_kv = {layer: tuple(cat(list(tensors)) for tensors in zip(*[m.v2v_kv[layer] for m in present]))
                   for layer in v2v_layers}
         t2v_kv = {}
         for layer in layers:
             key, _ = first.t2v_kv[layer]
-            blank = key.new_zeros(1, key.shape[1], 0, key.shape[3])
+            blank = apply(key, lambda t: t[:1, :, :0])  # a sample without video: no memory tokens
             pairs = [m.t2v_kv.get(layer, (blank, blank)) for m in parts]
-            t2v_kv[layer] = tuple(torch.cat([F.pad(t, (0, 0, 0, longest - t.shape[2])) for t in tensors])
+            t2v_kv[layer] = tuple(cat([apply(t, lambda x, t=t: F.pad(x, (0, 0, 0, longest - t.shape[2]))) for t in tensors])
                                   for tensors in zip(*pairs))
         if projected and set(layers) != set(first.t2v_kv):
             raise ValueError("memories without originals stack only with the same layers' T2V keys/values")
@@ -172,7 +175,7 @@ class VisualMemory:
             length = int(member.num_frames.sum()) * tokens
             for layer, (key, value) in self.t2v_kv.items():
                 if layer not in member.t2v_kv:
-                    member.t2v_kv[layer] = (key[row:row + 1, :, :length].clone(), value[row:row + 1, :, :length].clone())
+                    member.t2v_kv[layer] = tuple(apply(t, lambda x: x[row:row + 1, :, :length].clone()) for t in (key, value))
 
     def __post_init__(self):
         # made here, where the memory is made, not at a layer's first use: inside a checkpointed
@@ -278,7 +281,7 @@ class DualCrossAttention(nn.Module):
         if self.v2v_scope == "frame":
             # each frame's pooled tokens read that frame's originals: F independent attentions
             if self.layer_idx in memory.v2v_kv:  # projected when the frames were encoded
-                key, value = memory.v2v_kv[self.layer_idx]
+                key, value = (restore(t, flat_hidden.dtype) for t in memory.v2v_kv[self.layer_idx])
             else:
                 key, value = self.v2v.project_memory(memory.originals)  # (F, kvh, N, hd)
             out = self.v2v(flat_hidden[positions], key, value)  # (F, g², D)
@@ -301,7 +304,7 @@ class DualCrossAttention(nn.Module):
         memory = inputs.memory
         mask = memory.memory_mask()
         if memory.cache_kv and self.layer_idx in memory.t2v_kv:
-            key, value = memory.t2v_kv[self.layer_idx]
+            key, value = (restore(t, hidden.dtype) for t in memory.t2v_kv[self.layer_idx])
         else:
             key, value = self.t2v.project_memory(memory.per_video()[0])  # (B, kvh, M, hd)
             if memory.cache_kv:

@@ -21,6 +21,7 @@ from .cross_attention import (
     VisualMemory,
     insert_cross_attention,
 )
+from .kv_compression import KV_CACHE_DTYPES, cat, compress
 from .memory_position import MemoryPosition
 from .pooling import MultiModalProjector, pool_frames
 
@@ -177,42 +178,43 @@ class CrossLMMForConditionalGeneration(CrossLMMPreTrainedModel, GenerationMixin)
         return torch.cat(chunks) if len(chunks) > 1 else chunks[0]
 
     @torch.no_grad()
-    def encode_video_chunks(self, chunks: Iterable[torch.Tensor], num_frames: int) -> VisualMemory:
+    def encode_video_chunks(self, chunks: Iterable[torch.Tensor], num_frames: int, kv_cache: str = "auto") -> VisualMemory:
         """One video, for answering, at the memory a question needs: ``chunks`` of its pixels ((f, 3, H,
         W) each, ``num_frames`` in all; a generator may make each as it is asked for) are encoded one at
         a time, and from each chunk's original tokens every cross-attention layer's keys/values (T2V,
-        and V2V per frame) are projected into their place at once; the originals are then dropped. So
-        the peak is the keys/values plus one chunk, not the originals, pixels and keys/values of the
-        whole video. The logits equal :meth:`encode_video`'s with ``cache_kv`` (tests/models)."""
+        and V2V per frame) are projected at once, stored as ``kv_cache`` says
+        (:mod:`crosslmm.kv_compression`); the originals are then dropped. So the peak is the keys/values
+        plus one chunk, not the originals, pixels and keys/values of the whole video. Uncompressed, the
+        logits equal :meth:`encode_video`'s with ``cache_kv`` (tests/models)."""
+        if kv_cache not in KV_CACHE_DTYPES:
+            raise ValueError(f"kv_cache must be one of {KV_CACHE_DTYPES}, got {kv_cache!r}")
         if self.config.v2v_scope != "frame":
             pixels = torch.cat(list(chunks))[None]
             return self.encode_video(pixels, cache_kv=True)
-        t2v_kv, v2v_kv, pooled, first = {}, {}, [], 0
+        t2v_parts: dict[int, list] = {}
+        v2v_parts: dict[int, list] = {}
+        pooled, first, tokens = [], 0, 0
         for chunk in chunks:
             originals = self.encode_frames(chunk, len(chunk))  # (f, N, D)
-            tokens = originals.shape[1]
+            count, tokens = originals.shape[:2]
             pooled.append(pool_frames(originals, self.config.vision_grid, self.config.pooled_grid, self.config.pool_mode))
-            count = len(originals)
             if self.memory_position is not None:
                 originals = self.memory_position(originals, originals.new_tensor([count], dtype=torch.long), first)
             for layer in self.cross_attention_layers():
                 dcal, index = layer.cross_attn, layer.cross_attn.layer_idx
-                if dcal.use_t2v:
-                    key, value = dcal.t2v.project_memory(originals.reshape(1, count * tokens, -1))  # (1, kvh, fN, hd)
-                    if index not in t2v_kv:
-                        t2v_kv[index] = tuple(t.new_empty(1, t.shape[1], num_frames * tokens, t.shape[3]) for t in (key, value))
-                    for whole, part in zip(t2v_kv[index], (key, value)):
-                        whole[:, :, first * tokens:(first + count) * tokens] = part
-                if dcal.use_v2v and dcal.v2v is not None:
-                    key, value = dcal.v2v.project_memory(originals)  # (f, kvh, N, hd)
-                    if index not in v2v_kv:
-                        v2v_kv[index] = tuple(t.new_empty(num_frames, *t.shape[1:]) for t in (key, value))
-                    for whole, part in zip(v2v_kv[index], (key, value)):
-                        whole[first:first + count] = part
+                if dcal.use_t2v:  # (1, kvh, f·N, hd): the chunk's place along the video's memory axis
+                    pair = dcal.t2v.project_memory(originals.reshape(1, count * tokens, -1))
+                    t2v_parts.setdefault(index, []).append(tuple(compress(t, kv_cache) for t in pair))
+                if dcal.use_v2v and dcal.v2v is not None:  # (f, kvh, N, hd)
+                    pair = dcal.v2v.project_memory(originals)
+                    v2v_parts.setdefault(index, []).append(tuple(compress(t, kv_cache) for t in pair))
             first += count
             del originals
         if first != num_frames:
             raise ValueError(f"the chunks hold {first} frames, not the {num_frames} announced")
+        # joined a layer at a time, each layer's parts let go as soon as they are joined
+        t2v_kv = {index: tuple(cat(list(side), dim=2) for side in zip(*t2v_parts.pop(index))) for index in list(t2v_parts)}
+        v2v_kv = {index: tuple(cat(list(side)) for side in zip(*v2v_parts.pop(index))) for index in list(v2v_parts)}
         device = pooled[0].device
         return VisualMemory(pooled=torch.cat(pooled), originals=None, num_frames=torch.tensor([num_frames], device=device),
                             cache_kv=True, t2v_kv=t2v_kv, v2v_kv=v2v_kv, memory_tokens=tokens)

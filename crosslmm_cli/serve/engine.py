@@ -396,7 +396,8 @@ class Engine:
         if video is None:
             return None
         if video.memory is None:  # the first job to reach the scheduler with this video encodes it
-            video.memory, seconds = encode_video_frames(self.model, self.processor, video.frames)
+            video.memory, seconds = encode_video_frames(self.model, self.processor, video.frames,
+                                                        self.settings.kv_cache_dtype)
             video.frames = None
             self.videos.put(job.video_key, video)
             with self._lock:

@@ -35,6 +35,7 @@ class ServeSettings:
     max_remote_media_mb: float = 512
     max_prompt_tokens: int | None = None  # default: the model's context
     max_logprobs: int = 20  # the most top_logprobs a request may ask for (OpenAI's limit)
+    kv_cache_dtype: str = "auto"  # how encoded videos' cross-attention keys/values are kept (crosslmm.kv_compression)
 
     def __post_init__(self):
         self.media_root = Path(self.media_root).expanduser()
@@ -52,6 +53,9 @@ class ServeSettings:
                             ("--max-request-mb", self.max_request_mb), ("--max-remote-media-mb", self.max_remote_media_mb)):
             if not value >= 0:
                 raise UserError(f"{flag} must be >= 0, got {value}")
+        from ..ask import check_kv_cache_dtype
+
+        check_kv_cache_dtype(self.kv_cache_dtype)
         if self.max_logprobs < 0:
             raise UserError(f"--max-logprobs must be >= 0, got {self.max_logprobs}")
         if self.max_prompt_tokens is not None and self.max_prompt_tokens < 1:

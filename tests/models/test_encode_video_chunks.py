@@ -61,3 +61,21 @@ def test_projected_memories_stack_into_one_batch_as_their_videos_alone(tiny_open
         together = model(input_ids=input_ids, attention_mask=mask, visual_memory=VisualMemory.stack(memories)).logits
     for row in range(2):
         torch.testing.assert_close(together[row, -1], alone[row], rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize(("kv_cache", "size", "tolerance"), [("bf16", 0.5, 2e-2), ("int8", 0.3, 2e-2)])
+def test_a_compressed_cache_is_smaller_and_answers_within_its_rounding(tiny_open, kv_cache, size, tolerance):
+    """int8 keys/values with a scale per vector, or bf16: against the fp32 cache of the same model,
+    the logits move by rounding only and the stored keys/values shrink; compressed memories stack."""
+    model, processor = tiny_open
+    batch = processor(question(), [random_video(5)])
+    pixels = batch["pixel_values_videos"][0]
+    exact = model.encode_video_chunks(pixels.split(2), 5)
+    compressed = model.encode_video_chunks(pixels.split(2), 5, kv_cache=kv_cache)
+    for reference, result in zip(prefill_and_step(model, batch, exact), prefill_and_step(model, batch, compressed)):
+        assert (result - reference).abs().max() <= tolerance
+        assert (result - reference).abs().max() > 0  # it was compressed
+    kv_bytes = lambda memory: memory.nbytes() - memory.pooled.nbytes  # noqa: E731
+    assert kv_bytes(compressed) <= size * kv_bytes(exact)
+    stacked = VisualMemory.stack([compressed, None, compressed])
+    assert stacked.batch_size == 3 and len(stacked.t2v_kv) == len(compressed.t2v_kv)
