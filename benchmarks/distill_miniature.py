@@ -218,7 +218,7 @@ def plot(scores: dict, teacher: float, png: Path) -> None:
     axis.axvline(0.9 * teacher, color="black", linestyle=":", label="90 % of the teacher")
     axis.axvline(25, color="grey", linestyle="-.", label="chance")
     axis.set_xlabel("held-out accuracy (%), crosslmm eval jsonl")
-    axis.set_title("crosslmm distill in miniature: a 1-token student of its 16-token self")
+    axis.set_title("crosslmm distill in miniature: a 1-token student of its 16-token self", fontsize=9)
     axis.legend(fontsize=7, loc="lower right")
     figure.tight_layout()
     figure.savefig(png, dpi=110)

@@ -1,5 +1,5 @@
-"""Everything only a GPU can show, in one command that ends within 12 minutes on an H100/H200 (or in
-two calls of at most 10: ``--steps tests,bench,ask``, then ``--steps serve``).
+"""Everything only a GPU can show, in one command that ends within 15 minutes on an H100/H200 (or in
+two calls of at most 10: ``--steps tests,bench,ask``, then ``--steps serve,distill``).
 
     python benchmarks/gpu_suite.py               # on a CUDA machine
     python benchmarks/gpu_suite.py --dry-run     # any machine: tiny preset, 2 frames, CPU, every step and path
@@ -15,6 +15,9 @@ Steps (each a subprocess with its own time limit, its output kept in the results
 4. serve: benchmarks/serve_concurrency.py with crosslmm-ov-0.5b's architecture (random weights):
    throughput and time to first token at 1 and 16 concurrent clients, continuous batching against
    one answer at a time (JSON and PNG).
+5. distill: `crosslmm distill` on the ask step's model (the teacher at its native 196 tokens per
+   frame, the student at 9) over a folder of 4 one-minute videos at 32 frames, 8 optimizer steps:
+   the teacher pass and the student's steps timed (its metrics.jsonl kept: samples/s per step).
 
 ``--steps`` runs some of them (e.g. ``--steps serve`` in a second call when one call's time is short).
 
@@ -43,6 +46,9 @@ DEVICE_TEST_FILES = ["tests/models/test_parity.py", "tests/models/test_generatio
                      "tests/cli/test_eval.py"]
 
 
+STEPS = ("tests", "bench", "ask", "serve", "distill")
+
+
 def device_name(dry_run: bool) -> str:
     import torch
 
@@ -64,6 +70,17 @@ def plan(dry_run: bool, out: Path, work: Path) -> list[tuple[str, list[list[str]
     checkpoint, video = work / "ask-model", work / "video-10min.mp4"
     make_video = (f"from crosslmm_cli.synthetic_video import write_test_pattern; "
                   f"write_test_pattern({str(video)!r}, {video_seconds})")
+    distill_data, distill_out = work / "distill-data", work / "distill-run"
+    make_distill_data = (f"import shutil; from pathlib import Path; from crosslmm_cli.synthetic_video import "
+                         f"write_test_pattern; shutil.rmtree({str(distill_out)!r}, ignore_errors=True); "
+                         f"Path({str(distill_data)!r}).mkdir(exist_ok=True); "
+                         f"[write_test_pattern(str(Path({str(distill_data)!r}) / f'v{{i}}.mp4'), "
+                         f"{4 if dry_run else 60}) for i in range(4)]")
+    distill = [*crosslmm, "distill", str(distill_data), "--model", str(checkpoint), "--output", str(distill_out),
+               "--device", device, "--max-steps", "2" if dry_run else "8", "--save-every", "100",
+               "--frames", "2" if dry_run else "32", "--teacher-max-new-tokens", "8" if dry_run else "64"]
+    if dry_run:  # the tiny preset records no native count
+        distill += ["--teacher-tokens-per-frame", "16", "--tokens-per-frame", "1"]
     return [
         ("tests", [[sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", f"on-{device}",
                     f"--junitxml={out / 'tests.xml'}", *DEVICE_TEST_FILES]], 200),
@@ -80,6 +97,9 @@ def plan(dry_run: bool, out: Path, work: Path) -> list[tuple[str, list[list[str]
                     *(["--quantize", "nf4"] if dry_run else [])] for n in ask_frames]], 150),
         ("serve", [[sys.executable, str(ROOT / "benchmarks" / "serve_concurrency.py"), *serve, "--device", device,
                     "--rounds", "1", "--output", str(out / "serve_concurrency.json")]], 120),
+        ("distill", [[sys.executable, "-c", make_distill_data], distill,
+                     [sys.executable, "-c", f"import shutil; shutil.copy({str(distill_out / 'metrics.jsonl')!r}, "
+                                            f"{str(out / 'distill_metrics.jsonl')!r})"]], 150),
     ]
 
 
@@ -108,7 +128,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dry-run", action="store_true", help="tiny preset, 2 frames, on the CPU")
     parser.add_argument("--output", type=Path, help="results folder (default benchmarks/results/gpu_suite_<device>)")
-    parser.add_argument("--steps", default="tests,bench,ask,serve", help="the steps to run, comma-separated")
+    parser.add_argument("--steps", default=",".join(STEPS), help="the steps to run, comma-separated (distill needs ask's "
+                                                              "model)")
     args = parser.parse_args()
     device = device_name(args.dry_run)
     out = args.output or ROOT / "benchmarks" / "results" / f"gpu_suite_{device}"
@@ -120,7 +141,7 @@ def main() -> None:
     chosen = args.steps.split(",")
     unknown = set(chosen) - {name for name, _, _ in plan(args.dry_run, out, work)}
     if unknown:
-        sys.exit(f"--steps: no step named {', '.join(sorted(unknown))}; the steps are tests, bench, ask, serve")
+        sys.exit(f"--steps: no step named {', '.join(sorted(unknown))}; the steps are {', '.join(STEPS)}")
     steps = []
     for name, commands, seconds in plan(args.dry_run, out, work):
         if name not in chosen:
@@ -136,7 +157,7 @@ def main() -> None:
                      "cuda": torch.version.cuda if torch.cuda.is_available() else None},
         "steps": steps,
     }
-    name = "summary.json" if chosen == ["tests", "bench", "ask", "serve"] else f"summary_{'_'.join(chosen)}.json"
+    name = "summary.json" if chosen == list(STEPS) else f"summary_{'_'.join(chosen)}.json"
     (out / name).write_text(json.dumps(summary, indent=2))
     print(f"wrote {out}")
     sys.exit(max(step["exit_code"] for step in steps))

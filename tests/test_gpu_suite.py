@@ -27,7 +27,7 @@ def test_the_dry_run_takes_every_step(tmp_path):
     assert done.returncode == 0, done.stdout + done.stderr
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert [(s["step"], s["exit_code"]) for s in summary["steps"]] == [("tests", 0), ("bench", 0), ("ask", 0),
-                                                                        ("serve", 0)]
+                                                                        ("serve", 0), ("distill", 0)]
     assert {"tests.xml", "bench_bf16.json", "bench_bf16.png", "bench_nf4.json", "ask_2_frames.json",
-            "serve_concurrency.json", "serve_concurrency.png"} <= {p.name for p in tmp_path.iterdir()}
+            "serve_concurrency.json", "serve_concurrency.png", "distill_metrics.jsonl"} <= {p.name for p in tmp_path.iterdir()}
     assert json.loads((tmp_path / "ask_2_frames.json").read_text())["quantize"] == "nf4"
