@@ -176,13 +176,27 @@ def run(data, output, *flags, processes: int = 1, kill_at_shard: int | None = No
     return subprocess.run(command, capture_output=True, text=True, timeout=300, check=False, env=env)
 
 
-def test_killed_in_either_pass_and_resumed_it_ends_as_a_run_never_stopped(data, tiny_checkpoint, tmp_path):
-    flags = ["--model", str(tiny_checkpoint), "--max-steps", "4", "--save-every", "1", "--batch-size", "2"]
-    whole, killed = tmp_path / "whole", tmp_path / "killed"
-    assert run(data, whole, *flags).returncode == 0
-    assert len(targets(whole)) == 3  # 5 prompts in shards of 2
-    cut = run(data, killed, *flags, kill_at_shard=0)
-    assert cut.returncode == -9 and len(targets(killed)) == 1
+def resume_flags(tiny_checkpoint) -> list[str]:
+    return ["--model", str(tiny_checkpoint), "--max-steps", "4", "--save-every", "1", "--batch-size", "2"]
+
+
+@pytest.fixture(scope="module")
+def whole(data, tiny_checkpoint, tmp_path_factory):
+    """A run never stopped, in a fresh process with shards of 2 prompts."""
+    output = tmp_path_factory.mktemp("whole") / "out"
+    assert run(data, output, *resume_flags(tiny_checkpoint)).returncode == 0
+    assert len(targets(output)) == 3  # 5 prompts in shards of 2
+    return output
+
+
+def test_killed_in_either_pass_and_on_any_number_of_processes_it_ends_as_a_run_never_stopped(data, tiny_checkpoint,
+                                                                                            whole, tmp_path):
+    """SIGKILLed in the teacher pass on 2 processes, resumed on 1 and SIGKILLed again in training,
+    resumed once more: the targets byte for byte, and the weights, of a run never stopped."""
+    flags = resume_flags(tiny_checkpoint)
+    killed = tmp_path / "killed"
+    cut = run(data, killed, *flags, processes=2, kill_at_shard=0)  # process 0 dies before its second shard (2)
+    assert cut.returncode != 0 and len(targets(killed)) < 3
     cut = run(data, killed, *flags, "--resume", kill_at_step=2)  # the rest of the teacher pass, then 2 steps
     assert cut.returncode == -9, cut.stderr[-3000:]
     assert same_targets(targets(killed), targets(whole))
@@ -191,17 +205,6 @@ def test_killed_in_either_pass_and_resumed_it_ends_as_a_run_never_stopped(data, 
     assert "resuming from step-000001" in resumed.stderr  # killed after step 2 was logged, before it was saved
     reference, after = weights(whole), weights(killed)
     assert all(torch.equal(reference[name], after[name]) for name in reference)
-
-
-def test_a_teacher_pass_killed_on_two_processes_resumes_on_one_with_the_same_targets(data, tiny_checkpoint, tmp_path):
-    flags = ["--model", str(tiny_checkpoint), "--max-steps", "1"]
-    whole, killed = tmp_path / "whole", tmp_path / "killed"
-    assert run(data, whole, *flags).returncode == 0
-    cut = run(data, killed, *flags, processes=2, kill_at_shard=0)  # process 0 dies before its second shard (2)
-    assert cut.returncode != 0 and len(targets(killed)) < 3
-    resumed = run(data, killed, *flags, "--resume")
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert same_targets(targets(killed), targets(whole))
 
 
 def test_a_resume_with_other_teacher_settings_is_refused(data, tiny_checkpoint, tmp_path):

@@ -62,6 +62,15 @@ def requests_file(tmp_path_factory):
     return path
 
 
+@pytest.fixture(scope="module")
+def whole(requests_file, media, tiny_open_checkpoint, tmp_path_factory):
+    """One run never stopped, in this process: (its output, its summary line)."""
+    output = tmp_path_factory.mktemp("whole") / "out.jsonl"
+    result = run_batch(requests_file, output, media, tiny_open_checkpoint)
+    assert result.exit_code == 0, result.output
+    return output, result.output
+
+
 def run_batch(requests_file, output, media, checkpoint):
     return runner.invoke(app, ["run-batch", "-i", str(requests_file), "-o", str(output), "--model", str(checkpoint),
                                "--media-root", str(media), "--frames", str(FRAMES), "--device", "cpu"])
@@ -80,11 +89,9 @@ def answers(rows: dict[str, dict]) -> dict[str, object]:
             else [choice["message"]["content"] for choice in row["response"]["body"]["choices"]] for key, row in rows.items()}
 
 
-def test_a_batch_answers_as_serve_does_and_every_bad_line_gets_one_error(requests_file, media, tiny_open_checkpoint,
-                                                                          tmp_path):
-    result = run_batch(requests_file, tmp_path / "out.jsonl", media, tiny_open_checkpoint)
-    assert result.exit_code == 0, result.output
-    rows = outputs(tmp_path / "out.jsonl")
+def test_a_batch_answers_as_serve_does_and_every_bad_line_gets_one_error(whole, media, tiny_open_checkpoint):
+    output, summary = whole
+    rows = outputs(output)
     assert len(rows) == len(GOOD) + len(BAD)
     engine = make_engine(tiny_open_checkpoint, media)
     try:
@@ -106,38 +113,17 @@ def test_a_batch_answers_as_serve_does_and_every_bad_line_gets_one_error(request
         else:
             assert row["response"]["status_code"] == status and row["response"]["body"]["error"]["message"], row
     assert "is on line 1 already" in rows["line 12"]["error"]["message"]
-    assert "6 answered, 4 refused, 3 invalid lines" in result.output
+    assert "6 answered, 4 refused, 3 invalid lines" in summary
 
 
-def test_a_rerun_skips_what_is_done_and_repairs_a_half_written_line(requests_file, media, tiny_open_checkpoint, tmp_path):
+def test_a_rerun_skips_what_is_done_and_repairs_a_half_written_line(whole, requests_file, media, tiny_open_checkpoint,
+                                                                      tmp_path):
     output = tmp_path / "out.jsonl"
-    assert run_batch(requests_file, output, media, tiny_open_checkpoint).exit_code == 0
-    whole = answers(outputs(output))
-    lines = output.read_text().splitlines(keepends=True)
+    lines = whole[0].read_text().splitlines(keepends=True)
     output.write_text("".join(lines[:5]) + lines[5][:40])  # five whole lines and half of the sixth
     again = run_batch(requests_file, output, media, tiny_open_checkpoint)
     assert again.exit_code == 0 and "5 already in" in again.output
-    assert answers(outputs(output)) == whole
-
-
-def test_killed_mid_run_the_same_command_finishes_it_as_a_run_never_stopped(requests_file, media, tiny_open_checkpoint,
-                                                                           tmp_path):
-    whole, killed = tmp_path / "whole.jsonl", tmp_path / "killed.jsonl"
-
-    def launch(output, kill_after=None):
-        env = {**os.environ, "OMP_NUM_THREADS": "1"}
-        if kill_after is not None:
-            env["CROSSLMM_TEST_KILL_AFTER_LINES"] = str(kill_after)
-        return subprocess.run([sys.executable, "-m", "tests.killed_at_step", "run-batch", "-i", str(requests_file), "-o",
-                               str(output), "--model", str(tiny_open_checkpoint), "--media-root", str(media), "--frames",
-                               str(FRAMES), "--device", "cpu"], capture_output=True, text=True, timeout=300, env=env)
-
-    assert launch(whole).returncode == 0
-    cut = launch(killed, kill_after=6)
-    assert cut.returncode == -9 and len(killed.read_text().splitlines()) == 6
-    resumed = launch(killed)
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert answers(outputs(killed)) == answers(outputs(whole))
+    assert answers(outputs(output)) == answers(outputs(whole[0]))
 
 
 @pytest.mark.parametrize(("case", "message"), [
@@ -198,10 +184,11 @@ def test_logprobs_are_log_softmax_of_generates_scores_in_serve_and_run_batch(med
         engine.close()
 
 
-def test_two_processes_answer_as_one_and_a_killed_pair_finishes_on_one(requests_file, media, tiny_open_checkpoint,
+def test_two_processes_answer_as_one_and_a_killed_pair_is_finished_by_one(whole, requests_file, media, tiny_open_checkpoint,
                                                                        tmp_path):
-    """torchrun with 2 processes: the videos dealt out, each process its own part, merged by the first;
-    killed (one process SIGKILLed after 2 lines), the same command on one process finishes it."""
+    """torchrun with 2 processes, the videos dealt out, each process writing its own part, SIGKILLed
+    after 2 lines each: what they wrote is what one process answers; the same command on one process
+    finishes the run, merges the parts, every custom_id once and as a run never stopped answered it."""
     def launch(output, processes=1, kill_after=None):
         env = {**os.environ, "OMP_NUM_THREADS": "1"}
         if kill_after is not None:
@@ -213,13 +200,13 @@ def test_two_processes_answer_as_one_and_a_killed_pair_finishes_on_one(requests_
                                str(media), "--frames", str(FRAMES), "--device", "cpu"], capture_output=True, text=True,
                               timeout=300, env=env)
 
-    single, pair, killed = tmp_path / "single.jsonl", tmp_path / "pair.jsonl", tmp_path / "killed.jsonl"
-    assert launch(single).returncode == 0
-    done = launch(pair, processes=2)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert answers(outputs(pair)) == answers(outputs(single)) and not list(tmp_path.glob("pair.jsonl.rank*"))
+    single, killed = whole[0], tmp_path / "killed.jsonl"
     assert launch(killed, processes=2, kill_after=2).returncode != 0
-    assert list(tmp_path.glob("killed.jsonl.rank*"))  # the parts of the killed run
+    parts = [json.loads(line) for part in tmp_path.glob("killed.jsonl.rank*") for line in part.read_text().splitlines()]
+    assert len(parts) == 4  # 2 lines each, written by the two processes
+    rows = outputs(single)
+    assert all(answers({"x": part})["x"] == answers({"x": rows[part["custom_id"] or part["error"]["line"]]})["x"]
+               for part in parts)
     resumed = launch(killed)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert answers(outputs(killed)) == answers(outputs(single)) and not list(tmp_path.glob("killed.jsonl.rank*"))
