@@ -97,16 +97,18 @@ def answer_shard(model, processor, batch, folder: Path, numbered: list[tuple[int
     dtype = model.multi_modal_projector.linear_1.weight.dtype
 
     def sequences():
-        decoded: dict[str, torch.Tensor | str] = {}
+        encoded: dict[str, tuple] = {}  # the current file's pixels and memory, or what is wrong with it
         for number, prompt in numbered:
-            if prompt.media not in decoded:
-                decoded.clear()  # a file's prompts are consecutive: only the current one is kept
-                decoded[prompt.media] = decode(folder, prompt, settings.frames, processor)
-            pixels = decoded[prompt.media]
+            if prompt.media not in encoded:
+                encoded.clear()  # a file's prompts are consecutive: it is decoded and encoded once for all of them
+                pixels = decode(folder, prompt, settings.frames, processor)
+                memory = None if isinstance(pixels, str) else \
+                    model.encode_video_chunks(pixels.to(device=device, dtype=dtype).split(32), len(pixels))
+                encoded[prompt.media] = (pixels, memory)
+            pixels, memory = encoded[prompt.media]
             if isinstance(pixels, str):  # what is wrong with the file
                 left_out.append({"prompt_number": number, "media": prompt.media, "why": pixels})
                 continue
-            memory = model.encode_video_chunks(pixels.to(device=device, dtype=dtype).split(32), len(pixels))
             messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": prompt.prompt}]}]
             sampling = SamplingSettings(max_new_tokens=settings.teacher_max_new_tokens,
                                         temperature=settings.teacher_temperature,
